@@ -1,0 +1,8 @@
+"""Launch encnet: the same launcher as run_pspnet.py with --model_name encnet as the default."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runtime.launch import main  # noqa: E402
+
+sys.exit(main(default_model="encnet"))

@@ -1,0 +1,28 @@
+"""torchrun with a one-line failure report: same arguments, same engine.
+
+`python runtime/torchrun.py ARGS` behaves as `torchrun ARGS` (it calls PyTorch's own
+`torch.distributed.run`), except that when a worker fails it prints which rank failed and
+exits with that worker's exit status, instead of torchrun's traceback and exit status 1.
+The worker has already printed its own one-line error above.
+"""
+import sys
+
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import get_args_parser, run
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        run(args)
+    except ChildFailedError as err:
+        _, failure = err.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 1
+        print(f"error: worker rank {failure.rank} (local rank {failure.local_rank}) of {args.training_script} "
+              f"exited with status {failure.exitcode}; see its message above", file=sys.stderr, flush=True)
+        return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

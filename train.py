@@ -1,0 +1,312 @@
+"""Train and evaluate a semantic-segmentation model on cpu, cuda or sdaa; one process or DDP.
+
+One process:   python train.py --device cuda --dataset_path /data/voc --num_classes 21 --crop_size 513
+One node, 4 devices:
+    torchrun --nproc_per_node 4 --master_port 29505 train.py --device cuda --dataset_path /data/voc ...
+Two nodes (run on each, NODE = 0 or 1):
+    torchrun --nnodes 2 --node_rank NODE --nproc_per_node 4 --master_addr HOST0 --master_port 29505 train.py ...
+Usually started by run_scripts/run_pspnet.py, which builds these commands from the original flags.
+
+Evaluation only:  python train.py --device cpu --dataset_path ... --test_only True --ckpt best_pspnet_voc.pth
+Resume:           ... --continue_training True --ckpt experiments/pspnet/latest_pspnet_voc.pth
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.build import build_datasets, build_loaders
+from datasets.transforms import normalize
+from models import build_model
+from runtime import distributed as dist
+from runtime.checkpoint import (FORMAT, check_compatible, check_work_dir, checkpoint_names, load_checkpoint,
+                                load_model_weights, save_checkpoint, unwrap)
+from runtime.config import parse_train_args, save_args
+from runtime.device import Device
+from runtime.errors import UserError, exit_with
+from runtime.logging import Verbosity, create_logger
+from runtime.losses import SegmentationCriterion
+from runtime.meters import ThroughputMeter, format_eta
+from runtime.metrics import ConfusionMatrix, format_table, results_to_json, save_json
+from runtime.optim import build_optimizer, build_scheduler
+
+
+def log0(info, *text):
+    if info.is_main:
+        print(*text, flush=True)
+
+
+def seed_everything(seed: int, device: Device) -> None:
+    device.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+# ------------------------------------------------------------------------------------------
+# one training epoch and one evaluation
+# ------------------------------------------------------------------------------------------
+def to_device_batch(images, targets, device, channels_last: bool):
+    """uint8 images go to the device as they are (4x fewer bytes) and are normalised there."""
+    images = images.to(device.torch_device, non_blocking=True)
+    targets = targets.to(device.torch_device, non_blocking=True).long()
+    images = normalize(images)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets
+
+
+def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, device, amp, epoch, state, args,
+                    info, logger, meter):
+    model.train()
+    iters = len(loader)
+    loss_sum = torch.zeros((), device=device.torch_device)
+    interval_iters, interval_data_time = 0, 0.0
+    interval_start = time.perf_counter()
+    batch_end = interval_start
+    for i, (images, targets) in enumerate(loader):
+        interval_data_time += time.perf_counter() - batch_end
+        images, targets = to_device_batch(images, targets, device, args.channels_last)
+        with device.autocast(amp["enabled"], amp["dtype"]):
+            outputs = model(images)
+            loss = criterion(outputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.detach().float()  # stays on the device: no host sync per iteration
+        state["global_step"] += 1
+        interval_iters += 1
+        batch_end = time.perf_counter()
+
+        if interval_iters == args.print_interval or i == iters - 1:
+            # One sync + one collective per log line: loss and image counts summed over ranks.
+            totals = torch.stack([loss_sum, torch.tensor(float(interval_iters * images.shape[0]),
+                                                         device=device.torch_device)])
+            dist.all_reduce_sum(totals)
+            device.synchronize()
+            now = time.perf_counter()
+            seconds = now - interval_start
+            loss_value, images_done = totals.tolist()
+            loss_value /= interval_iters * info.world_size
+            ips = meter.add(int(images_done), seconds)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"train loss is {loss_value} at epoch {epoch} iteration {i + 1}; "
+                                         f"lower --lr or try --autocast False")
+            lr = optimizer.param_groups[0]["lr"]
+            iter_time = seconds / interval_iters
+            data_time = interval_data_time / interval_iters
+            remaining = (iters - i - 1) + (args.epoch - epoch) * iters
+            logger.log(step=(epoch, state["global_step"]),
+                       data={"train.loss": loss_value, "train.lr": lr, "train.ips": ips,
+                             "train.data_time": data_time, "train.compute_time": iter_time - data_time},
+                       verbosity=Verbosity.VERBOSE)
+            log0(info, f"epoch {epoch}/{args.epoch} iter {i + 1}/{iters}  loss {loss_value:.4f}  lr {lr:.3g}  "
+                       f"{ips:.1f} img/s  data {data_time * 1e3:.0f} ms/it  eta {format_eta(remaining * iter_time)}")
+            loss_sum.zero_()
+            interval_iters, interval_data_time = 0, 0.0
+            interval_start = batch_end = time.perf_counter()
+
+
+@torch.inference_mode()
+def evaluate(model, loader, device, amp, num_classes, criterion, args):
+    """Confusion matrix over the whole validation set, each sample counted once over all ranks."""
+    model.eval()
+    confmat = ConfusionMatrix(num_classes, device.torch_device)
+    loss_sum = torch.zeros((), device=device.torch_device)
+    count = torch.zeros((), device=device.torch_device)
+    start = time.perf_counter()
+    for images, targets in loader:
+        images, targets = to_device_batch(images, targets, device, args.channels_last)
+        with device.autocast(amp["enabled"], amp["dtype"]):
+            logits = model(images)["out"]
+        loss_sum += criterion.pixel_loss(logits.float(), targets) * images.shape[0]
+        count += images.shape[0]
+        confmat.update(targets, logits.argmax(1))
+    confmat.reduce_from_all_processes()
+    totals = dist.all_reduce_sum(torch.stack([loss_sum, count]))
+    device.synchronize()
+    seconds = time.perf_counter() - start
+    results = confmat.compute()
+    loss_total, images_total = totals.tolist()
+    results["loss"] = loss_total / max(images_total, 1)
+    results["images"] = int(images_total)
+    results["ips"] = images_total / max(seconds, 1e-9)
+    results["confusion_matrix"] = confmat.mat.cpu()
+    return results
+
+
+def report_evaluation(results, class_names, path, logger, step, info) -> None:
+    log0(info, format_table(results, class_names))
+    log0(info, f"val: {results['images']} images, loss {results['loss']:.4f}, {results['ips']:.1f} img/s")
+    if info.is_main:
+        record = results_to_json(results, class_names)
+        record.update(loss=results["loss"], images=results["images"],
+                      confusion_matrix=results["confusion_matrix"].tolist())
+        save_json(path, record)
+    logger.log(step=step, data={"val.loss": results["loss"], "val.ips": results["ips"],
+                                "val.mIoU": results["mean_iou"], "val.overall_acc": results["overall_acc"],
+                                "val.mean_acc": results["mean_acc"], "val.freqw_acc": results["freqw_acc"]},
+               verbosity=Verbosity.VERBOSE)
+
+
+# ------------------------------------------------------------------------------------------
+# set-up
+# ------------------------------------------------------------------------------------------
+def setup_model(args, num_classes, device, info, ckpt):
+    model = build_model(args.model_name, num_classes, backbone=args.backbone, output_stride=args.output_stride,
+                        stem=args.stem, pretrained=args.pretrained, aux=args.aux_weight > 0, dropout=args.dropout,
+                        crop_size=args.crop_size, ops_impl=args.ops_impl, psa_type=args.psa_type,
+                        psa_compact=args.psa_compact, recurrence=args.recurrence)
+    if ckpt is not None:
+        check_compatible(ckpt, args.ckpt, args.model_name, num_classes, args.backbone)
+        load_model_weights(model, ckpt["model"], args.ckpt)
+    sync_bn = args.sync_bn == "true" or (args.sync_bn == "auto" and info.enabled and device.is_accelerator)
+    if sync_bn and info.enabled:
+        model = device.convert_sync_batchnorm(model)
+    model.to(device.torch_device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def wrap_model(model, device, info, args):
+    """DDP for gradient averaging, then optionally torch.compile (which sees through DDP)."""
+    if info.enabled:
+        ids = [device.index] if device.is_accelerator else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if args.compile:
+        model = torch.compile(model)
+    return model
+
+
+def run(args) -> int:
+    launched = dist.launched_by_torchrun()
+    local_rank = int(__import__("os").environ.get("LOCAL_RANK", 0)) if launched else args.default_rank
+    device = Device(args.device, local_rank)
+    info = dist.init_distributed(device.backend, device.torch_device)
+    seed_everything(args.random_seed + info.rank, device)
+    device.configure_backends(args.deterministic)
+
+    work_dir = Path(args.work_dir)
+    check_work_dir(args, work_dir)
+    ckpt = load_checkpoint(args.ckpt) if args.ckpt else None
+    train_set, val_set = build_datasets(args, info, ckpt)
+    num_classes, class_names = val_set.num_classes, val_set.class_names
+    train_loader, val_loader = build_loaders(args, train_set, val_set, info, device)
+
+    model = setup_model(args, num_classes, device, info, ckpt)
+    bare = model
+    model = wrap_model(model, device, info, args)
+    criterion = SegmentationCriterion(num_classes, args.loss_type, args.aux_weight, args.se_weight, args.focal_gamma)
+    amp_dtype = device.amp_dtype(args.amp_dtype)
+    amp = {"enabled": args.autocast, "dtype": amp_dtype}
+
+    if info.is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        save_args(args, work_dir / ("args_test.yaml" if args.test_only else "args.yaml"))
+    names = checkpoint_names(args.model_name, args.dataset)
+    logger = create_logger(work_dir / ("test_log.json" if args.test_only else "train_log.json"), enabled=info.is_main,
+                           append=args.continue_training)
+    log0(info, f"{args.model_name} ({args.backbone}, OS{args.output_stride}) on {device} x{info.world_size}, "
+               f"{len(train_set) if train_set else 0} train / {len(val_set)} val images, {num_classes} classes, "
+               f"autocast {'off' if not args.autocast else amp_dtype}")
+
+    if args.test_only:
+        results = evaluate(model, val_loader, device, amp, num_classes, criterion, args)
+        report_evaluation(results, class_names, work_dir / "metrics" / "test.json", logger, (0, 0), info)
+        logger.flush()
+        return 0
+
+    iters_per_epoch = len(train_loader)
+    optimizer = build_optimizer(bare, args, fused=device.supports_fused_optimizer())
+    scheduler = build_scheduler(optimizer, args, iters_per_epoch)
+    scaler = device.grad_scaler(args.autocast and amp_dtype == torch.float16)
+    state = {"epoch": 0, "global_step": 0, "best_miou": -1.0}
+    if args.continue_training:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        state.update(epoch=ckpt["epoch"], global_step=ckpt["global_step"], best_miou=ckpt["best_miou"])
+        if ckpt.get("iters_per_epoch") != iters_per_epoch:
+            log0(info, f"warning: the checkpoint ran {ckpt.get('iters_per_epoch')} iterations per epoch, this run "
+                       f"{iters_per_epoch}; the lr schedule continues from iteration {state['global_step']}")
+        log0(info, f"resumed from {args.ckpt}: epoch {state['epoch']} done, continuing at epoch {state['epoch'] + 1}")
+        if state["epoch"] >= args.epoch:
+            log0(info, f"nothing to do: the checkpoint already finished {state['epoch']} of --epoch {args.epoch}")
+            return 0
+
+    meter = ThroughputMeter(warmup_intervals=1)
+    device.reset_peak_memory()
+    train_start = time.perf_counter()
+    for epoch in range(state["epoch"] + 1, args.epoch + 1):
+        train_loader.sampler.set_epoch(epoch)
+        # Reseeding per epoch makes dropout identical whether or not the run was resumed.
+        seed_everything(args.random_seed + info.rank + 1000 * epoch, device)
+        train_one_epoch(model, criterion, optimizer, scheduler, scaler, train_loader, device, amp, epoch, state,
+                        args, info, logger, meter)
+        state["epoch"] = epoch
+        is_best = False
+        if epoch % args.val_epoch == 0 or epoch == args.epoch:
+            results = evaluate(model, val_loader, device, amp, num_classes, criterion, args)
+            report_evaluation(results, class_names, work_dir / "metrics" / f"epoch_{epoch:03d}.json", logger,
+                              (epoch, state["global_step"]), info)
+            is_best = results["mean_iou"] > state["best_miou"]
+            if is_best:
+                state["best_miou"] = results["mean_iou"]
+        if info.is_main:
+            ckpt_state = {"format": FORMAT, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                          "global_step": state["global_step"], "best_miou": state["best_miou"],
+                          "iters_per_epoch": iters_per_epoch, "model_name": args.model_name,
+                          "num_classes": num_classes, "backbone": args.backbone, "args": vars(args)}
+            save_checkpoint(ckpt_state, work_dir / names["latest"])
+            if is_best:
+                save_checkpoint(ckpt_state, work_dir / names["best"])
+        logger.flush()
+
+    total = time.perf_counter() - train_start
+    ips, warm = meter.summary()
+    peak = torch.tensor(float(device.peak_memory_bytes()), device=device.torch_device)
+    if info.enabled:
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+    log0(info, f"done: {args.epoch - (ckpt['epoch'] if args.continue_training else 0)} epochs in {format_eta(total)}, "
+               f"mean {ips:.1f} img/s over {info.world_size} process(es)"
+               f"{'' if warm else ' (too few log intervals to leave out warm-up)'}, "
+               f"{device.memory_label} {peak.item() / 2**30:.2f} GiB, best mIoU {100 * state['best_miou']:.2f}")
+    if info.is_main:
+        plot_training_curve(work_dir / "train_log.json", work_dir / "loss_curve.png")
+    return 0
+
+
+def plot_training_curve(log_path: Path, png: Path) -> None:
+    from tools.plot_curve import plot
+    try:
+        plot([log_path], png)
+    except UserError as err:  # e.g. --print_interval longer than the run: nothing to draw
+        print(f"no loss curve: {err}", flush=True)
+        return
+    print(f"loss curve: {png}", flush=True)
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_train_args(argv)
+        code = run(args)
+    except UserError as err:
+        exit_with(err)
+    except FloatingPointError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        code = 3
+    finally:
+        dist.cleanup()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
