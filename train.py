@@ -12,7 +12,9 @@ Resume:           ... --continue_training True --ckpt experiments/pspnet/latest_
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,10 +28,10 @@ from models import build_model
 from runtime import distributed as dist
 from runtime.checkpoint import (FORMAT, check_compatible, check_work_dir, checkpoint_names, load_checkpoint,
                                 load_model_weights, save_checkpoint, unwrap)
-from runtime.config import parse_train_args, save_args
+from runtime.config import default_workers, parse_train_args, save_args
 from runtime.device import Device
 from runtime.errors import UserError, exit_with
-from runtime.logging import Verbosity, create_logger
+from runtime.run_logger import Verbosity, create_logger
 from runtime.losses import SegmentationCriterion
 from runtime.meters import ThroughputMeter, format_eta
 from runtime.metrics import ConfusionMatrix, format_table, results_to_json, save_json
@@ -157,6 +159,17 @@ def report_evaluation(results, class_names, path, logger, step, info) -> None:
 # ------------------------------------------------------------------------------------------
 # set-up
 # ------------------------------------------------------------------------------------------
+def use_sync_bn(args, info, device) -> bool:
+    return info.enabled and (args.sync_bn == "true" or (args.sync_bn == "auto" and device.is_accelerator))
+
+
+def check_batch_norm_batch(args, info, device) -> None:
+    """BatchNorm over one image fails in the 1x1 pooling branches (PSPNet bin 1, ASPP image pool)."""
+    if args.batch_size < 2 and not args.test_only and not use_sync_bn(args, info, device):
+        raise UserError("--batch_size 1 leaves BatchNorm one image per step; use --batch_size 2 or more "
+                        "(or SyncBatchNorm over several devices: --distributed True --sync_bn True)")
+
+
 def setup_model(args, num_classes, device, info, ckpt):
     model = build_model(args.model_name, num_classes, backbone=args.backbone, output_stride=args.output_stride,
                         stem=args.stem, pretrained=args.pretrained, aux=args.aux_weight > 0, dropout=args.dropout,
@@ -165,8 +178,7 @@ def setup_model(args, num_classes, device, info, ckpt):
     if ckpt is not None:
         check_compatible(ckpt, args.ckpt, args.model_name, num_classes, args.backbone)
         load_model_weights(model, ckpt["model"], args.ckpt)
-    sync_bn = args.sync_bn == "true" or (args.sync_bn == "auto" and info.enabled and device.is_accelerator)
-    if sync_bn and info.enabled:
+    if use_sync_bn(args, info, device):
         model = device.convert_sync_batchnorm(model)
     model.to(device.torch_device)
     if args.channels_last:
@@ -186,12 +198,17 @@ def wrap_model(model, device, info, args):
 
 def run(args) -> int:
     launched = dist.launched_by_torchrun()
-    local_rank = int(__import__("os").environ.get("LOCAL_RANK", 0)) if launched else args.default_rank
+    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched else args.default_rank
     device = Device(args.device, local_rank)
     info = dist.init_distributed(device.backend, device.torch_device)
+    if info.is_main:  # model builders and ops report choices (pretrained weights, kernel vs portable) here
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     seed_everything(args.random_seed + info.rank, device)
     device.configure_backends(args.deterministic)
+    check_batch_norm_batch(args, info, device)
 
+    if args.workers is None:
+        args.workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     work_dir = Path(args.work_dir)
     check_work_dir(args, work_dir)
     ckpt = load_checkpoint(args.ckpt) if args.ckpt else None

@@ -8,6 +8,7 @@ True/False (also true/false/1/0/yes/no).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--deterministic", type=str2bool, default=False, help="bitwise-repeatable runs (slower)")
     g.add_argument("--print_interval", type=positive_int, default=10, help="iterations between log lines")
     g.add_argument("--val_epoch", type=positive_int, default=5, help="evaluate every N epochs (and after the last)")
-    g.add_argument("--workers", type=non_negative_int, default=4, help="data-loader workers per process")
+    g.add_argument("--workers", type=non_negative_int, default=None,
+                   help="data-loader workers per process (default: the machine's cores shared among the processes, at most 8)")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="voc", choices=["voc", "demo"],
@@ -208,7 +210,22 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     if args.dataset == "demo" and not args.dataset_path:
         args.dataset_path = "data/demo"
     args.sync_bn = args.sync_bn.lower()
+    check_names(args)
     return args
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """Unknown model/backbone names fail here, before data loading or process start-up."""
+    from models import MODELS
+    from models.resnet import ARCHS
+    if args.model_name not in MODELS:
+        raise UserError(f"--model_name {args.model_name!r} is not known; use one of {', '.join(MODELS)}")
+    if args.backbone not in ARCHS:
+        raise UserError(f"--backbone {args.backbone!r} is not known; use one of {', '.join(ARCHS)}")
+
+
+def default_workers(local_processes: int) -> int:
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, local_processes)))
 
 
 def save_args(args: argparse.Namespace, path: Path) -> None:

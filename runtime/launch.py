@@ -1,10 +1,10 @@
 """The launcher behind run_scripts/run_*.py: original flags in, a train.py command out.
 
     --distributed False  ->  python train.py TRAIN_FLAGS
-    --distributed True   ->  python runtime/torchrun.py --nproc_per_node N --nnodes M --node_rank R
+    --distributed True   ->  python run_scripts/torchrun.py --nproc_per_node N --nnodes M --node_rank R
                               --master_addr A --master_port P train.py TRAIN_FLAGS
 
-`runtime/torchrun.py` is PyTorch's torchrun (torch.distributed.run) with a one-line failure
+`run_scripts/torchrun.py` is PyTorch's torchrun (torch.distributed.run) with a one-line failure
 report. The command is printed, run as a child process that receives Ctrl-C/SIGTERM from the
 launcher, and the launcher exits with the child's status. Flags are checked before anything
 starts, so a bad flag, path or port is one line, not a crashed worker.
@@ -28,12 +28,12 @@ from pathlib import Path
 
 from runtime.checkpoint import check_work_dir
 from runtime.config import OneLineParser, add_launch_args, add_train_args, launch_parser, parse_train_args
-from runtime.device import device_count
+from runtime.device import device_count, device_type
 from runtime.errors import UserError, exit_with
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PY = REPO / "train.py"
-TORCHRUN_PY = REPO / "runtime" / "torchrun.py"
+TORCHRUN_PY = REPO / "run_scripts" / "torchrun.py"
 
 
 def split_argv(argv: list) -> tuple:
@@ -65,6 +65,7 @@ def port_is_free(port: int) -> bool:
 
 def check_launch(launch, args) -> None:
     """Impossible flag combinations and missing resources, before any process starts."""
+    device_type(args.device)  # unknown device, missing plugin or no device: one line, before anything starts
     if not launch.distributed:
         if launch.nproc_per_node > 1 or launch.nnodes > 1:
             raise UserError(f"--nproc_per_node {launch.nproc_per_node} / --nnodes {launch.nnodes} need "

@@ -1,4 +1,4 @@
-"""runtime.dllogger (the built-in DLLogger) and runtime.logging.create_logger."""
+"""runtime.dllogger (the built-in DLLogger) and runtime.run_logger.create_logger."""
 import json
 import math
 import sys

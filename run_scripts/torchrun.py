@@ -1,6 +1,6 @@
 """torchrun with a one-line failure report: same arguments, same engine.
 
-`python runtime/torchrun.py ARGS` behaves as `torchrun ARGS` (it calls PyTorch's own
+`python run_scripts/torchrun.py ARGS` behaves as `torchrun ARGS` (it calls PyTorch's own
 `torch.distributed.run`), except that when a worker fails it prints which rank failed and
 exits with that worker's exit status, instead of torchrun's traceback and exit status 1.
 The worker has already printed its own one-line error above.
