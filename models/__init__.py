@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import inspect
 
+from models.ccnet import build_ccnet
 from models.deeplabv3 import build_deeplabv3
 from models.encnet import build_encnet
+from models.psanet import build_psanet
 from models.pspnet import build_pspnet
 from models.resnet import ARCHS
 from models.segmentor import EncoderDecoder
@@ -30,6 +32,8 @@ MODELS = {
     "pspnet": build_pspnet,
     "deeplabv3": build_deeplabv3,
     "encnet": build_encnet,
+    "psanet": build_psanet,
+    "ccnet": build_ccnet,
 }
 
 # Model options the command line carries on every run (train.py passes them whatever the

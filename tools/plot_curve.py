@@ -380,10 +380,12 @@ def plot(logs: Sequence[Records | str | Path], out_png: str | Path,
     loss_ax = axes[0]
     for i, (r, label) in enumerate(zip(records, labels)):
         color = f"C{i}"
-        if smooth > 1:
+        # A short log (a quick run) gets a shorter window, so the smoothed line does not lag.
+        window = min(smooth, max(1, len(r.train_loss.y) // 10))
+        if window > 1:
             loss_ax.plot(r.train_loss.x, r.train_loss.y, color=color, linewidth=0.6, alpha=0.35)
-            loss_ax.plot(r.train_loss.x, moving_average(r.train_loss.y, smooth),
-                         color=color, linewidth=2.0, label=f"{label} (moving avg {smooth})")
+            loss_ax.plot(r.train_loss.x, moving_average(r.train_loss.y, window),
+                         color=color, linewidth=2.0, label=f"{label} (moving avg {window})")
         else:
             loss_ax.plot(r.train_loss.x, r.train_loss.y, color=color, linewidth=1.2, label=label)
     title = "train loss"
