@@ -41,6 +41,21 @@ def positive_int(text) -> int:
     return value
 
 
+def crop_size(text):
+    """513 (square) or "512,1024" / "512x1024" (height, width): an int or a [h, w] list."""
+    if isinstance(text, (list, tuple)):
+        parts = [str(t) for t in text]
+    else:
+        parts = str(text).replace("x", ",").split(",")
+    try:
+        sizes = [positive_int(p.strip()) for p in parts]
+    except argparse.ArgumentTypeError:
+        sizes = []
+    if len(sizes) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected a positive integer or HEIGHT,WIDTH, got {text!r}")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def non_negative_int(text) -> int:
     value = int(text)
     if value < 0:
@@ -81,7 +96,8 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--num_classes", type=positive_int, default=None,
                    help="21: VOC with background; 20: the original protocol (background ignored); "
                         "default: the length of class_names.txt, else 20")
-    g.add_argument("--crop_size", type=positive_int, default=513, help="training crop (and eval crop with --crop_val)")
+    g.add_argument("--crop_size", type=crop_size, default=513,
+                   help="training crop (and eval crop with --crop_val): SIZE or HEIGHT,WIDTH (e.g. 512,1024)")
     g.add_argument("--crop_val", type=str2bool, default=False, help="evaluate on center crops instead of whole images")
     g.add_argument("--batch_size", type=positive_int, default=16, help="training batch per process")
     g.add_argument("--val_batch_size", type=positive_int, default=1, help="evaluation batch per process")

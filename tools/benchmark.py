@@ -54,6 +54,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from datasets.build import build_datasets, build_loaders  # noqa: E402
 from datasets.sampler import sample_seed  # noqa: E402
+from datasets.transforms import to_hw  # noqa: E402
 from runtime.config import OneLineParser, add_train_args, finalize, non_negative_int, positive_int  # noqa: E402
 from runtime.device import Device  # noqa: E402
 from runtime.distributed import DistInfo  # noqa: E402
@@ -154,10 +155,12 @@ class Bench:
         return to_device_batch(images, labels, self.device, self.args.channels_last)
 
 
-def synthetic_batch(batch_size: int, crop_size: int, num_classes: int, device: Device):
-    """uint8 images and labels created on the device: the loader's dtypes, no host copy."""
-    shape = (batch_size, crop_size, crop_size)
-    images = torch.randint(0, 256, (batch_size, 3, crop_size, crop_size), dtype=torch.uint8,
+def synthetic_batch(batch_size: int, crop_size, num_classes: int, device: Device):
+    """uint8 images and labels created on the device: the loader's dtypes, no host copy.
+    crop_size is an int or (height, width)."""
+    height, width = to_hw(crop_size)
+    shape = (batch_size, height, width)
+    images = torch.randint(0, 256, (batch_size, 3, height, width), dtype=torch.uint8,
                            device=device.torch_device)
     labels = torch.randint(0, min(num_classes, 255), shape, dtype=torch.uint8, device=device.torch_device)
     return images, labels
