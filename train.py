@@ -26,8 +26,8 @@ from datasets.build import build_datasets, build_loaders
 from datasets.transforms import normalize
 from models import build_model
 from runtime import distributed as dist
-from runtime.checkpoint import (FORMAT, check_compatible, check_work_dir, checkpoint_names, load_checkpoint,
-                                load_model_weights, save_checkpoint, unwrap)
+from runtime.checkpoint import (FORMAT, check_compatible, check_resumable, check_work_dir, checkpoint_names,
+                                load_checkpoint, load_model_weights, save_checkpoint, unwrap)
 from runtime.config import default_workers, parse_train_args, save_args
 from runtime.device import Device
 from runtime.errors import UserError, exit_with
@@ -79,6 +79,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, devi
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        lr = optimizer.param_groups[0]["lr"]  # the lr this step used; scheduler.step() sets the next one
         scheduler.step()
         loss_sum += loss.detach().float()  # stays on the device: no host sync per iteration
         state["global_step"] += 1
@@ -99,7 +100,6 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, devi
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"train loss is {loss_value} at epoch {epoch} iteration {i + 1}; "
                                          f"lower --lr or try --autocast False")
-            lr = optimizer.param_groups[0]["lr"]
             iter_time = seconds / interval_iters
             data_time = interval_data_time / interval_iters
             remaining = (iters - i - 1) + (args.epoch - epoch) * iters
@@ -212,6 +212,8 @@ def run(args) -> int:
     work_dir = Path(args.work_dir)
     check_work_dir(args, work_dir)
     ckpt = load_checkpoint(args.ckpt) if args.ckpt else None
+    if args.continue_training:
+        check_resumable(ckpt, args.ckpt)
     train_set, val_set = build_datasets(args, info, ckpt)
     num_classes, class_names = val_set.num_classes, val_set.class_names
     train_loader, val_loader = build_loaders(args, train_set, val_set, info, device)

@@ -24,12 +24,15 @@ ORIGINAL_DEFAULT_CLASSES = 20
 
 
 def default_num_classes(root: str, ckpt: dict | None) -> int | None:
-    """--num_classes when not given: the checkpoint's (test/resume), else class_names.txt's
-    length (None lets the dataset infer it), else the original's 20-class protocol."""
-    if ckpt is not None and ckpt.get("num_classes"):
-        return int(ckpt["num_classes"])
+    """--num_classes when not given: class_names.txt's length (None lets the dataset infer it),
+    else the checkpoint's (test/resume: picks the 20 or 21 class VOC protocol), else the
+    original's 20-class protocol. class_names.txt comes first because it is authoritative: a
+    checkpoint of another class count is then refused by check_compatible, naming --ckpt,
+    instead of the dataset blaming a --num_classes the user never passed."""
     if (find_voc_root(root) / CLASS_NAMES_FILE).is_file():
         return None
+    if ckpt is not None and ckpt.get("num_classes"):
+        return int(ckpt["num_classes"])
     return ORIGINAL_DEFAULT_CLASSES
 
 

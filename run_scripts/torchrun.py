@@ -16,9 +16,9 @@ def main(argv=None) -> int:
     try:
         run(args)
     except ChildFailedError as err:
-        _, failure = err.get_first_failure()
+        rank, failure = err.get_first_failure()  # ProcessFailure has no rank of its own
         code = failure.exitcode if failure.exitcode > 0 else 1
-        print(f"error: worker rank {failure.rank} (local rank {failure.local_rank}) of {args.training_script} "
+        print(f"error: worker rank {rank} (local rank {failure.local_rank}) of {args.training_script} "
               f"exited with status {failure.exitcode}; see its message above", file=sys.stderr, flush=True)
         return code
     return 0

@@ -74,7 +74,12 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"--ckpt {path}: no such file")
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except pickle.UnpicklingError:
+        # PyTorch's own text here advises weights_only=False, which is wrong for a file that is
+        # simply not a checkpoint (and unsafe for one from elsewhere).
+        raise UserError(f"--ckpt {path} is not a PyTorch checkpoint (corrupt, another format, or pickled "
+                        f"objects other than tensors); pass a .pth file saved by this runner or torch.save") from None
+    except Exception as exc:  # noqa: BLE001 - on arbitrary bytes the unpickler also raises IndexError, KeyError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--ckpt {path} is not a readable PyTorch checkpoint ({first[:160]})") from None
     if not isinstance(obj, dict):
@@ -100,6 +105,13 @@ def check_compatible(ckpt: dict, path: str, model_name: str, num_classes: int, b
     diffs = [f"--{k} {ours[k]} but the checkpoint has {theirs[k]}" for k in ours if theirs[k] is not None and theirs[k] != ours[k]]
     if diffs:
         raise UserError(f"--ckpt {path} does not fit this run: " + "; ".join(diffs))
+
+
+def check_resumable(ckpt: dict, path: str) -> None:
+    """--continue_training needs the training state, not just weights."""
+    if ckpt.get("format") != FORMAT:
+        raise UserError(f"--ckpt {path} holds model weights only (no optimizer, scheduler or epoch), so it "
+                        f"cannot be resumed; drop --continue_training to fine-tune from these weights")
 
 
 def load_model_weights(model: torch.nn.Module, state_dict: dict, path: str) -> None:

@@ -57,7 +57,10 @@ def crop_size(text):
 
 
 def non_negative_int(text) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
@@ -182,10 +185,12 @@ def load_config(path: str) -> dict:
     return values
 
 
-def parse_train_args(argv=None) -> argparse.Namespace:
-    """Parse train.py's flags: YAML defaults first, then the command line; then validate."""
+def parse_train_args(argv=None, defaults: dict | None = None) -> argparse.Namespace:
+    """Parse train.py's flags: `defaults`, then YAML values, then the command line; then validate."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = train_parser()
+    if defaults:
+        parser.set_defaults(**defaults)
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         values = load_config(pre.config)

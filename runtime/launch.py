@@ -129,11 +129,12 @@ def main(argv=None, default_model: str | None = None) -> int:
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_train_args(add_launch_args(parser)).print_help()
         return 0
-    if default_model and not any(a == "--model_name" or a.startswith("--model_name=") for a in argv):
-        argv = ["--model_name", default_model, *argv]
     try:
         launch, train_argv = split_argv(argv)
-        args = parse_train_args(train_argv)
+        # The alias's model is a default: --config and --model_name override it.
+        args = parse_train_args(train_argv, defaults={"model_name": default_model} if default_model else None)
+        if not any(a == "--model_name" or a.startswith("--model_name=") for a in train_argv):
+            train_argv = ["--model_name", args.model_name, *train_argv]
         check_launch(launch, args)
         check_paths(args)
     except UserError as err:
