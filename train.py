@@ -23,19 +23,18 @@ import numpy as np
 import torch
 
 from datasets.build import build_datasets, build_loaders
-from datasets.transforms import normalize
-from models import build_model
 from runtime import distributed as dist
-from runtime.checkpoint import (FORMAT, check_compatible, check_resumable, check_work_dir, checkpoint_names,
-                                load_checkpoint, load_model_weights, save_checkpoint, unwrap)
+from runtime.checkpoint import (FORMAT, check_resumable, check_work_dir, checkpoint_names, load_checkpoint,
+                                save_checkpoint, unwrap)
 from runtime.config import default_workers, parse_train_args, save_args
 from runtime.device import Device
 from runtime.errors import UserError, exit_with
-from runtime.run_logger import Verbosity, create_logger
 from runtime.losses import SegmentationCriterion
 from runtime.meters import ThroughputMeter, format_eta
 from runtime.metrics import ConfusionMatrix, format_table, results_to_json, save_json
-from runtime.optim import build_optimizer, build_scheduler
+from runtime.run_logger import Verbosity, create_logger
+from runtime.setup import check_batch_norm_batch, setup_model, wrap_model
+from runtime.step import TrainStep, amp_settings, make_train_step, to_device_batch
 
 
 def log0(info, *text):
@@ -51,74 +50,55 @@ def seed_everything(seed: int, device: Device) -> None:
 # ------------------------------------------------------------------------------------------
 # one training epoch and one evaluation
 # ------------------------------------------------------------------------------------------
-def to_device_batch(images, targets, device, channels_last: bool):
-    """uint8 images go to the device as they are (4x fewer bytes) and are normalised there."""
-    images = images.to(device.torch_device, non_blocking=True)
-    targets = targets.to(device.torch_device, non_blocking=True).long()
-    images = normalize(images)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, targets
-
-
-def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, device, amp, epoch, state, args,
-                    info, logger, meter):
-    model.train()
+def train_one_epoch(step: TrainStep, loader, device, epoch: int, state: dict, args, info, logger,
+                    meter: ThroughputMeter) -> None:
+    step.model.train()
     iters = len(loader)
     loss_sum = torch.zeros((), device=device.torch_device)
     interval_iters, interval_data_time = 0, 0.0
-    interval_start = time.perf_counter()
-    batch_end = interval_start
+    interval_start = batch_end = time.perf_counter()
     for i, (images, targets) in enumerate(loader):
         interval_data_time += time.perf_counter() - batch_end
-        images, targets = to_device_batch(images, targets, device, args.channels_last)
-        with device.autocast(amp["enabled"], amp["dtype"]):
-            outputs = model(images)
-            loss = criterion(outputs, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        lr = optimizer.param_groups[0]["lr"]  # the lr this step used; scheduler.step() sets the next one
-        scheduler.step()
+        lr = step.optimizer.param_groups[0]["lr"]  # the lr this step uses; the step sets the next one
+        loss = step(*to_device_batch(images, targets, device, args.channels_last))
         loss_sum += loss.detach().float()  # stays on the device: no host sync per iteration
         state["global_step"] += 1
         interval_iters += 1
         batch_end = time.perf_counter()
+        if interval_iters < args.print_interval and i < iters - 1:
+            continue
 
-        if interval_iters == args.print_interval or i == iters - 1:
-            # One sync + one collective per log line: loss and image counts summed over ranks.
-            totals = torch.stack([loss_sum, torch.tensor(float(interval_iters * images.shape[0]),
-                                                         device=device.torch_device)])
-            dist.all_reduce_sum(totals)
-            device.synchronize()
-            now = time.perf_counter()
-            seconds = now - interval_start
-            loss_value, images_done = totals.tolist()
-            loss_value /= interval_iters * info.world_size
-            ips = meter.add(int(images_done), seconds)
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"train loss is {loss_value} at epoch {epoch} iteration {i + 1}; "
-                                         f"lower --lr or try --autocast False")
-            iter_time = seconds / interval_iters
-            data_time = interval_data_time / interval_iters
-            remaining = (iters - i - 1) + (args.epoch - epoch) * iters
-            logger.log(step=(epoch, state["global_step"]),
-                       data={"train.loss": loss_value, "train.lr": lr, "train.ips": ips,
-                             "train.data_time": data_time, "train.compute_time": iter_time - data_time},
-                       verbosity=Verbosity.VERBOSE)
-            log0(info, f"epoch {epoch}/{args.epoch} iter {i + 1}/{iters}  loss {loss_value:.4f}  lr {lr:.3g}  "
-                       f"{ips:.1f} img/s  data {data_time * 1e3:.0f} ms/it  eta {format_eta(remaining * iter_time)}")
-            loss_sum.zero_()
-            interval_iters, interval_data_time = 0, 0.0
-            interval_start = batch_end = time.perf_counter()
+        # One sync + one collective per log line: loss and image counts summed over ranks.
+        totals = torch.stack([loss_sum, torch.tensor(float(interval_iters * images.shape[0]),
+                                                     device=device.torch_device)])
+        dist.all_reduce_sum(totals)
+        device.synchronize()
+        seconds = time.perf_counter() - interval_start
+        loss_value, images_done = totals.tolist()
+        loss_value /= interval_iters * info.world_size
+        ips = meter.add(int(images_done), seconds)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"train loss is {loss_value} at epoch {epoch} iteration {i + 1}; "
+                                     f"lower --lr or try --autocast False")
+        iter_time = seconds / interval_iters
+        data_time = interval_data_time / interval_iters
+        remaining = (iters - i - 1) + (args.epoch - epoch) * iters
+        logger.log(step=(epoch, state["global_step"]),
+                   data={"train.loss": loss_value, "train.lr": lr, "train.ips": ips,
+                         "train.data_time": data_time, "train.compute_time": iter_time - data_time},
+                   verbosity=Verbosity.VERBOSE)
+        log0(info, f"epoch {epoch}/{args.epoch} iter {i + 1}/{iters}  loss {loss_value:.4f}  lr {lr:.3g}  "
+                   f"{ips:.1f} img/s  data {data_time * 1e3:.0f} ms/it  eta {format_eta(remaining * iter_time)}")
+        loss_sum.zero_()
+        interval_iters, interval_data_time = 0, 0.0
+        interval_start = batch_end = time.perf_counter()
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, amp, num_classes, criterion, args):
+def evaluate(model, loader, device, amp: dict, criterion: SegmentationCriterion, args) -> dict:
     """Confusion matrix over the whole validation set, each sample counted once over all ranks."""
     model.eval()
-    confmat = ConfusionMatrix(num_classes, device.torch_device)
+    confmat = ConfusionMatrix(criterion.num_classes, device.torch_device)
     loss_sum = torch.zeros((), device=device.torch_device)
     count = torch.zeros((), device=device.torch_device)
     start = time.perf_counter()
@@ -142,7 +122,7 @@ def evaluate(model, loader, device, amp, num_classes, criterion, args):
     return results
 
 
-def report_evaluation(results, class_names, path, logger, step, info) -> None:
+def report_evaluation(results: dict, class_names, path: Path, logger, step, info) -> None:
     log0(info, format_table(results, class_names))
     log0(info, f"val: {results['images']} images, loss {results['loss']:.4f}, {results['ips']:.1f} img/s")
     if info.is_main:
@@ -157,58 +137,49 @@ def report_evaluation(results, class_names, path, logger, step, info) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# set-up
+# checkpoints and resume
 # ------------------------------------------------------------------------------------------
-def use_sync_bn(args, info, device) -> bool:
-    return info.enabled and (args.sync_bn == "true" or (args.sync_bn == "auto" and device.is_accelerator))
+def checkpoint_state(step: TrainStep, args, state: dict, num_classes: int, iters_per_epoch: int) -> dict:
+    return {"format": FORMAT, "model": unwrap(step.model).state_dict(), "optimizer": step.optimizer.state_dict(),
+            "scheduler": step.scheduler.state_dict(), "scaler": step.scaler.state_dict(), "epoch": state["epoch"],
+            "global_step": state["global_step"], "best_miou": state["best_miou"], "iters_per_epoch": iters_per_epoch,
+            "model_name": args.model_name, "num_classes": num_classes, "backbone": args.backbone, "args": vars(args)}
 
 
-def check_batch_norm_batch(args, info, device) -> None:
-    """BatchNorm over one image fails in the 1x1 pooling branches (PSPNet bin 1, ASPP image pool)."""
-    if args.batch_size < 2 and not args.test_only and not use_sync_bn(args, info, device):
-        raise UserError("--batch_size 1 leaves BatchNorm one image per step; use --batch_size 2 or more "
-                        "(or SyncBatchNorm over several devices: --distributed True --sync_bn True)")
+def resume(step: TrainStep, ckpt: dict, state: dict, args, iters_per_epoch: int, info) -> None:
+    """Optimizer, lr schedule, GradScaler and counters of the checkpoint; training goes on at the
+    epoch after the saved one."""
+    step.optimizer.load_state_dict(ckpt["optimizer"])
+    step.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        step.scaler.load_state_dict(ckpt["scaler"])
+    state.update(epoch=ckpt["epoch"], global_step=ckpt["global_step"], best_miou=ckpt["best_miou"])
+    if ckpt.get("iters_per_epoch") != iters_per_epoch:
+        log0(info, f"warning: the checkpoint ran {ckpt.get('iters_per_epoch')} iterations per epoch, this run "
+                   f"{iters_per_epoch}; the lr schedule continues from iteration {state['global_step']}")
+    log0(info, f"resumed from {args.ckpt}: epoch {state['epoch']} done, continuing at epoch {state['epoch'] + 1}")
 
 
-def setup_model(args, num_classes, device, info, ckpt):
-    model = build_model(args.model_name, num_classes, backbone=args.backbone, output_stride=args.output_stride,
-                        stem=args.stem, pretrained=args.pretrained, aux=args.aux_weight > 0, dropout=args.dropout,
-                        crop_size=args.crop_size, ops_impl=args.ops_impl, psa_type=args.psa_type,
-                        psa_compact=args.psa_compact, recurrence=args.recurrence)
-    if ckpt is not None:
-        check_compatible(ckpt, args.ckpt, args.model_name, num_classes, args.backbone)
-        load_model_weights(model, ckpt["model"], args.ckpt)
-    if use_sync_bn(args, info, device):
-        model = device.convert_sync_batchnorm(model)
-    model.to(device.torch_device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
-
-
-def wrap_model(model, device, info, args):
-    """DDP for gradient averaging, then optionally torch.compile (which sees through DDP)."""
-    if info.enabled:
-        ids = [device.index] if device.is_accelerator else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if args.compile:
-        model = torch.compile(model)
-    return model
-
-
-def run(args) -> int:
-    launched = dist.launched_by_torchrun()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched else args.default_rank
+# ------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------
+def start_process(args):
+    """Device of this rank, process group, logging, seeds and backend flags."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if dist.launched_by_torchrun() else args.default_rank
     device = Device(args.device, local_rank)
     info = dist.init_distributed(device.backend, device.torch_device)
     if info.is_main:  # model builders and ops report choices (pretrained weights, kernel vs portable) here
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     seed_everything(args.random_seed + info.rank, device)
     device.configure_backends(args.deterministic)
-    check_batch_norm_batch(args, info, device)
-
     if args.workers is None:
         args.workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return device, info
+
+
+def run(args) -> int:
+    device, info = start_process(args)
+    check_batch_norm_batch(args, info, device)
     work_dir = Path(args.work_dir)
     check_work_dir(args, work_dir)
     ckpt = load_checkpoint(args.ckpt) if args.ckpt else None
@@ -217,90 +188,73 @@ def run(args) -> int:
     train_set, val_set = build_datasets(args, info, ckpt)
     num_classes, class_names = val_set.num_classes, val_set.class_names
     train_loader, val_loader = build_loaders(args, train_set, val_set, info, device)
-
-    model = setup_model(args, num_classes, device, info, ckpt)
-    bare = model
-    model = wrap_model(model, device, info, args)
-    criterion = SegmentationCriterion(num_classes, args.loss_type, args.aux_weight, args.se_weight, args.focal_gamma)
-    amp_dtype = device.amp_dtype(args.amp_dtype)
-    amp = {"enabled": args.autocast, "dtype": amp_dtype}
+    bare = setup_model(args, num_classes, device, info, ckpt)
+    model = wrap_model(bare, device, info, args)
+    amp = amp_settings(args, device)
 
     if info.is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
         save_args(args, work_dir / ("args_test.yaml" if args.test_only else "args.yaml"))
-    names = checkpoint_names(args.model_name, args.dataset)
     logger = create_logger(work_dir / ("test_log.json" if args.test_only else "train_log.json"), enabled=info.is_main,
                            append=args.continue_training)
     log0(info, f"{args.model_name} ({args.backbone}, OS{args.output_stride}) on {device} x{info.world_size}, "
                f"{len(train_set) if train_set else 0} train / {len(val_set)} val images, {num_classes} classes, "
-               f"autocast {'off' if not args.autocast else amp_dtype}")
+               f"autocast {amp['dtype'] if amp['enabled'] else 'off'}")
 
     if args.test_only:
-        results = evaluate(model, val_loader, device, amp, num_classes, criterion, args)
+        criterion = SegmentationCriterion(num_classes, args.loss_type)
+        results = evaluate(model, val_loader, device, amp, criterion, args)
         report_evaluation(results, class_names, work_dir / "metrics" / "test.json", logger, (0, 0), info)
         logger.flush()
         return 0
 
     iters_per_epoch = len(train_loader)
-    optimizer = build_optimizer(bare, args, fused=device.supports_fused_optimizer())
-    scheduler = build_scheduler(optimizer, args, iters_per_epoch)
-    scaler = device.grad_scaler(args.autocast and amp_dtype == torch.float16)
+    step = make_train_step(model, bare, args, num_classes, device, iters_per_epoch)
     state = {"epoch": 0, "global_step": 0, "best_miou": -1.0}
     if args.continue_training:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        state.update(epoch=ckpt["epoch"], global_step=ckpt["global_step"], best_miou=ckpt["best_miou"])
-        if ckpt.get("iters_per_epoch") != iters_per_epoch:
-            log0(info, f"warning: the checkpoint ran {ckpt.get('iters_per_epoch')} iterations per epoch, this run "
-                       f"{iters_per_epoch}; the lr schedule continues from iteration {state['global_step']}")
-        log0(info, f"resumed from {args.ckpt}: epoch {state['epoch']} done, continuing at epoch {state['epoch'] + 1}")
+        resume(step, ckpt, state, args, iters_per_epoch, info)
         if state["epoch"] >= args.epoch:
             log0(info, f"nothing to do: the checkpoint already finished {state['epoch']} of --epoch {args.epoch}")
             return 0
-
+    first_epoch = state["epoch"] + 1
+    names = checkpoint_names(args.model_name, args.dataset)
     meter = ThroughputMeter(warmup_intervals=1)
     device.reset_peak_memory()
     train_start = time.perf_counter()
-    for epoch in range(state["epoch"] + 1, args.epoch + 1):
+    for epoch in range(first_epoch, args.epoch + 1):
         train_loader.sampler.set_epoch(epoch)
         # Reseeding per epoch makes dropout identical whether or not the run was resumed.
         seed_everything(args.random_seed + info.rank + 1000 * epoch, device)
-        train_one_epoch(model, criterion, optimizer, scheduler, scaler, train_loader, device, amp, epoch, state,
-                        args, info, logger, meter)
+        train_one_epoch(step, train_loader, device, epoch, state, args, info, logger, meter)
         state["epoch"] = epoch
         is_best = False
         if epoch % args.val_epoch == 0 or epoch == args.epoch:
-            results = evaluate(model, val_loader, device, amp, num_classes, criterion, args)
+            results = evaluate(model, val_loader, device, amp, step.criterion, args)
             report_evaluation(results, class_names, work_dir / "metrics" / f"epoch_{epoch:03d}.json", logger,
                               (epoch, state["global_step"]), info)
             is_best = results["mean_iou"] > state["best_miou"]
-            if is_best:
-                state["best_miou"] = results["mean_iou"]
+            state["best_miou"] = max(state["best_miou"], results["mean_iou"])
         if info.is_main:
-            ckpt_state = {"format": FORMAT, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                          "global_step": state["global_step"], "best_miou": state["best_miou"],
-                          "iters_per_epoch": iters_per_epoch, "model_name": args.model_name,
-                          "num_classes": num_classes, "backbone": args.backbone, "args": vars(args)}
-            save_checkpoint(ckpt_state, work_dir / names["latest"])
+            snapshot = checkpoint_state(step, args, state, num_classes, iters_per_epoch)
+            save_checkpoint(snapshot, work_dir / names["latest"])
             if is_best:
-                save_checkpoint(ckpt_state, work_dir / names["best"])
+                save_checkpoint(snapshot, work_dir / names["best"])
         logger.flush()
 
-    total = time.perf_counter() - train_start
+    report_summary(args, info, device, meter, state, args.epoch - first_epoch + 1, time.perf_counter() - train_start)
+    if info.is_main:
+        plot_training_curve(work_dir / "train_log.json", work_dir / "loss_curve.png")
+    return 0
+
+
+def report_summary(args, info, device, meter: ThroughputMeter, state: dict, epochs: int, seconds: float) -> None:
     ips, warm = meter.summary()
     peak = torch.tensor(float(device.peak_memory_bytes()), device=device.torch_device)
     if info.enabled:
         torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
-    log0(info, f"done: {args.epoch - (ckpt['epoch'] if args.continue_training else 0)} epochs in {format_eta(total)}, "
-               f"mean {ips:.1f} img/s over {info.world_size} process(es)"
-               f"{'' if warm else ' (too few log intervals to leave out warm-up)'}, "
+    log0(info, f"done: {epochs} epochs in {format_eta(seconds)}, mean {ips:.1f} img/s over {info.world_size} "
+               f"process(es){'' if warm else ' (too few log intervals to leave out warm-up)'}, "
                f"{device.memory_label} {peak.item() / 2**30:.2f} GiB, best mIoU {100 * state['best_miou']:.2f}")
-    if info.is_main:
-        plot_training_curve(work_dir / "train_log.json", work_dir / "loss_curve.png")
-    return 0
 
 
 def plot_training_curve(log_path: Path, png: Path) -> None:

@@ -140,10 +140,12 @@ def find_run_checkpoints(work_dir: Path) -> list:
 
 
 def check_work_dir(args, work_dir: Path) -> None:
-    """Never train over another run's checkpoints unless resuming or told to overwrite."""
-    if args.test_only or args.continue_training or args.overwrite:
+    """Never train over another run's checkpoints unless resuming in place or told to overwrite."""
+    if args.test_only or args.overwrite:
         return
     existing = find_run_checkpoints(work_dir)
+    if args.continue_training and Path(args.ckpt).resolve().parent == Path(work_dir).resolve():
+        return  # resuming in place: these checkpoints are the run's own
     if existing:
         raise UserError(f"--work_dir {work_dir} already holds checkpoints of another run ({', '.join(existing[:3])}); "
                         f"resume with --continue_training True --ckpt FILE, pick another --work_dir, "

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from runtime import dllogger
-from runtime import logging as run_logging
+from runtime import run_logger as run_logging
 from runtime.dllogger import JSONStreamBackend, Logger, StdOutBackend, Verbosity
 from runtime.errors import UserError
 

@@ -60,7 +60,7 @@ from runtime.device import Device  # noqa: E402
 from runtime.distributed import DistInfo  # noqa: E402
 from runtime.errors import UserError, exit_with  # noqa: E402
 from runtime.step import TrainStep, make_train_step, to_device_batch  # noqa: E402
-from train import check_batch_norm_batch, setup_model, wrap_model  # noqa: E402
+from runtime.setup import check_batch_norm_batch, setup_model, wrap_model  # noqa: E402
 
 MODES = ("train", "infer", "loader", "e2e")  # also the order they run in: e2e compares with train
 DATA_MODES = frozenset({"loader", "e2e"})

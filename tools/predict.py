@@ -23,11 +23,11 @@ from datasets.classes import IGNORE_INDEX, VOC_PALETTE  # noqa: E402
 from datasets.image_io import read_image, write_palette_png  # noqa: E402
 from datasets.transforms import normalize  # noqa: E402
 from datasets.voc import VOCSegmentation  # noqa: E402
-from models import build_model  # noqa: E402
 from runtime.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
 from runtime.config import OneLineParser  # noqa: E402
 from runtime.device import Device  # noqa: E402
 from runtime.errors import UserError, exit_with  # noqa: E402
+from runtime.setup import model_from_args  # noqa: E402
 
 
 def load_model(ckpt_path: str, device: Device) -> tuple:
@@ -36,13 +36,10 @@ def load_model(ckpt_path: str, device: Device) -> tuple:
     if "args" not in ckpt:
         raise UserError(f"--ckpt {ckpt_path} has no run arguments (not written by train.py); "
                         f"use train.py --test_only True with the model flags instead")
-    a = ckpt["args"]
-    model = build_model(a["model_name"], ckpt["num_classes"], backbone=a["backbone"], output_stride=a["output_stride"],
-                        stem=a["stem"], aux=a["aux_weight"] > 0, dropout=a["dropout"], crop_size=a["crop_size"],
-                        ops_impl=a.get("ops_impl", "auto"), psa_type=a.get("psa_type", "bi"),
-                        psa_compact=a.get("psa_compact", False), recurrence=a.get("recurrence", 2))
+    run_args = argparse.Namespace(**dict(ckpt["args"], num_classes=ckpt["num_classes"]))
+    model = model_from_args(run_args, run_args.num_classes)
     load_model_weights(model, ckpt["model"], ckpt_path)
-    return model.to(device.torch_device).eval(), a
+    return model.to(device.torch_device).eval(), run_args
 
 
 @torch.inference_mode()
@@ -99,12 +96,12 @@ def main(argv=None) -> int:
         device = Device(args.device)
         model, run_args = load_model(args.ckpt, device)
         if args.dataset_path:
-            data = VOCSegmentation(args.dataset_path, args.split, run_args.get("num_classes"))
+            data = VOCSegmentation(args.dataset_path, args.split, run_args.num_classes)
             rows = []
             for i in range(min(args.num_images, len(data))):
                 image, truth = data.load(i)
                 rows.append((data.ids[i], image, truth, predict(model, image, device)))
-            title = f"{run_args['model_name']} ({run_args['backbone']}) on {Path(args.dataset_path).name}/{args.split}"
+            title = f"{run_args.model_name} ({run_args.backbone}) on {Path(args.dataset_path).name}/{args.split}"
             save_sheet(rows, data.class_names, Path(args.out), title)
             print(f"wrote {args.out}")
         for image_path in args.images:
