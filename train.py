@@ -276,6 +276,14 @@ def main(argv=None) -> int:
     except FloatingPointError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         code = 3
+    except Exception as err:
+        if not dist.is_peer_failure(err):
+            raise  # a real fault: keep its traceback
+        # Another rank stopped (its own error is printed above); no traceback wall from this one.
+        rank = os.environ.get("RANK", "?")
+        print(f"error: rank {rank} stopped because another rank failed (see its error above)",
+              file=sys.stderr, flush=True)
+        code = 1
     finally:
         dist.cleanup()
     return code

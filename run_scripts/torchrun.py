@@ -5,6 +5,7 @@
 exits with that worker's exit status, instead of torchrun's traceback and exit status 1.
 The worker has already printed its own one-line error above.
 """
+import logging
 import sys
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -12,6 +13,8 @@ from torch.distributed.run import get_args_parser, run
 
 
 def main(argv=None) -> int:
+    # The agent's own W/E lines about the failed worker repeat what the summary below says.
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(argv)
     try:
         run(args)

@@ -69,6 +69,21 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+# How gloo/NCCL report that another rank went away (its process exited after its own error).
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote worker", "Broken pipe",
+              "NCCL communicator was aborted", "ProcessGroup abort")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """True when `exc` only says that another rank failed first; that rank reports the cause."""
+    if not is_initialized():
+        return False
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _PEER_GONE)
+
+
 def cleanup() -> None:
     if is_initialized():
         dist.destroy_process_group()

@@ -20,7 +20,7 @@ from datasets.image_io import read_label, write_palette_png
 from runtime.checkpoint import FORMAT
 from runtime.errors import UserError
 from tests.helpers import (TINY_CLASSES, TINY_RUN, assert_one_line_error, ckpt_name, copy_dataset,
-                           expect_user_exit, run_launcher, run_train, sha256, snapshot,
+                           expect_user_exit, free_port, run_launcher, run_train, sha256, snapshot,
                            tiny_dataset)  # noqa: F401 (fixture)
 
 TIMEOUT = 180
@@ -92,6 +92,22 @@ def test_unreadable_image(data, tmp_path, breaker, workers, needle):
     breaker(broken)
     result = launch(data, tmp_path / "work", "--workers", workers)
     assert_one_line_error(result, broken, needle)
+    assert no_checkpoints(tmp_path / "work")
+
+
+@pytest.mark.slow
+def test_unreadable_image_under_ddp_is_reported_without_tracebacks(data, tmp_path):
+    """The rank that reads the bad file names it; the other rank and torchrun add one line each
+    (which rank failed, and why it stopped), never a traceback."""
+    broken = image(data, TRAIN_ID)
+    truncate(broken)
+    result = launch(data, tmp_path / "work", "--batch_size", "2", "--distributed", "True",
+                    "--nproc_per_node", "2", "--master_port", str(free_port()))
+    assert result.rc == 2, result.describe()
+    assert "Traceback" not in result.stderr, result.describe()
+    lines = result.stderr_lines
+    assert all(line.startswith("error:") for line in lines) and len(lines) <= 3, result.describe()
+    assert str(broken) in lines[0], result.describe()
     assert no_checkpoints(tmp_path / "work")
 
 
