@@ -344,7 +344,8 @@ def plot(logs: Sequence[Records | str | Path], out_png: str | Path,
         logs: one or two logs (paths or read_log results); the first is the reference.
         out_png: the PNG to write (its folder is created).
         labels: legend names, one per log; default the file names.
-        smooth: moving-average window in logged points (1 = no smoothing).
+        smooth: largest moving-average window in logged points (1 = no smoothing); logs of
+            fewer than 10 * smooth points get a window of a tenth of their length.
     Returns:
         the mean relative difference of the smoothed train losses as a fraction (0.0231 for
         2.31%), None for one log or logs without common iterations.
@@ -366,10 +367,13 @@ def plot(logs: Sequence[Records | str | Path], out_png: str | Path,
     for r in records:
         require_train_loss(r)
 
+    # Short logs (a quick run) get a shorter window, so the smoothed lines do not lag; the same
+    # window serves the drawing and the comparison.
+    window = min(smooth, max(1, min(len(r.train_loss.y) for r in records) // 10))
     difference = None
     if len(records) == 2:
-        comparison = compare_loss(records[0], records[1], smooth)
-        print(describe(comparison, labels, smooth))
+        comparison = compare_loss(records[0], records[1], window)
+        print(describe(comparison, labels, window))
         difference = None if comparison is None else comparison.mean_relative_difference
 
     with_val = any(len(r.val_miou) for r in records)
@@ -380,8 +384,6 @@ def plot(logs: Sequence[Records | str | Path], out_png: str | Path,
     loss_ax = axes[0]
     for i, (r, label) in enumerate(zip(records, labels)):
         color = f"C{i}"
-        # A short log (a quick run) gets a shorter window, so the smoothed line does not lag.
-        window = min(smooth, max(1, len(r.train_loss.y) // 10))
         if window > 1:
             loss_ax.plot(r.train_loss.x, r.train_loss.y, color=color, linewidth=0.6, alpha=0.35)
             loss_ax.plot(r.train_loss.x, moving_average(r.train_loss.y, window),
