@@ -9,7 +9,6 @@ a small model learns it in a few epochs but not from one pixel alone. Labels are
 palette PNGs with a one-pixel void (255) border between regions, as VOC has.
 """
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Sequence, Tuple, Union
@@ -17,6 +16,7 @@ from typing import Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from runtime.atomic import atomic_write
 from runtime.errors import UserError
 
 from .classes import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
@@ -122,9 +122,7 @@ def _read_stamp(root: Path):
 
 
 def _write_stamp(root: Path, stamp: dict) -> None:
-    tmp = root / (STAMP_FILE + ".tmp")
-    tmp.write_text(json.dumps(stamp, indent=1))
-    os.replace(tmp, root / STAMP_FILE)
+    atomic_write(root / STAMP_FILE, lambda file: file.write(json.dumps(stamp, indent=1).encode()))
 
 
 def _split_ids(num_train: int, num_val: int) -> dict:

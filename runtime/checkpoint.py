@@ -6,13 +6,12 @@ run's arguments, plus the facts needed to refuse loading it into the wrong model
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
+from runtime.atomic import atomic_write
 from runtime.errors import UserError
 
 FORMAT = "segzoo-checkpoint-v1"
@@ -51,20 +50,8 @@ def strip_prefixes(state_dict: dict) -> dict:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Temporary file + rename (runtime.atomic): a crash never leaves half a checkpoint."""
+    atomic_write(path, lambda file: torch.save(state, file))
 
 
 def load_checkpoint(path: str) -> dict:

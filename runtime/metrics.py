@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
+from runtime.atomic import atomic_write
 from runtime.errors import UserError
 
 # Keys of the scalar metrics returned by ConfusionMatrix.compute(), with their printed names.
@@ -181,30 +181,14 @@ def _finite_or_none(obj):
 
 def save_json(path: str | os.PathLike, data: dict) -> None:
     """Write `data` as strict JSON (NaN and inf become null) to `path` atomically: a reader
-    sees the old file or the whole new one, never a half-written one (written to a temp file
-    in the same folder, then renamed)."""
+    sees the old file or the whole new one, never a half-written one (runtime.atomic)."""
     path = Path(path)
     # Serialise first so that unserialisable data fails before anything touches the disk.
     text = json.dumps(_finite_or_none(data), indent=2, allow_nan=False) + "\n"
-    # Same folder, so os.replace is a rename within one file system; opened with "x" (not
-    # mkstemp) so the file gets the usual umask permissions instead of mkstemp's 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(tmp, "x", encoding="utf-8")
+        atomic_write(path, lambda file: file.write(text.encode("utf-8")))
     except OSError as err:
         raise _unwritable(path, err) from err
-    try:
-        with file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise _unwritable(path, err) from err
-        raise
 
 
 def _unwritable(path: Path, err: OSError) -> UserError:
