@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import platform
 import resource
 import sys
 from dataclasses import dataclass
@@ -74,7 +76,6 @@ def device_count(name: str) -> int:
     kind = device_type(name)
     ns = _namespace(kind)
     if ns is None:
-        import os
         return os.cpu_count() or 1
     return ns.device_count()
 
@@ -104,6 +105,23 @@ class Device:
 
     def __repr__(self) -> str:
         return f"Device({self.torch_device})"
+
+    @property
+    def description(self) -> str:
+        """The accelerator's name (e.g. "NVIDIA H100 80GB HBM3"), or the CPU model and core count."""
+        if self._ns is not None:
+            try:
+                return self._ns.get_device_name(self.index)
+            except (AttributeError, RuntimeError):
+                return str(self.torch_device)
+        model = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as cpuinfo:
+                model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return f"{model} ({cores} cores)"
 
     @property
     def is_accelerator(self) -> bool:
@@ -175,7 +193,6 @@ class Device:
     def configure_backends(self, deterministic: bool) -> None:
         """cudnn autotuning for speed, or deterministic algorithms for bitwise-repeatable runs."""
         if deterministic:
-            import os
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         if self.name == "cuda":

@@ -44,7 +44,6 @@ import datetime  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from typing import Iterator, Sequence  # noqa: E402
 
@@ -426,22 +425,6 @@ def measure_e2e(bench: Bench, synthetic_images_per_s: float | None) -> dict:
 # ------------------------------------------------------------------------------------------
 # records and the table
 # ------------------------------------------------------------------------------------------
-def describe_device(device: Device) -> str:
-    """Marketing name of the accelerator, or the CPU model and core count."""
-    if device.is_accelerator:
-        try:
-            return torch.get_device_module(device.torch_device).get_device_name(device.index)
-        except (AttributeError, RuntimeError):
-            return str(device.torch_device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model} ({available_cores()} cores)"
-
-
 def precision_label(args, device: Device) -> str:
     if not args.autocast:
         return "fp32"
@@ -451,7 +434,7 @@ def precision_label(args, device: Device) -> str:
 def base_record(args, device: Device, num_classes: int) -> dict:
     """The fields every line shares: what ran where, then all settings."""
     return {"tool": "benchmark", "time": datetime.datetime.now().isoformat(timespec="seconds"),
-            "device": str(device.torch_device), "device_name": describe_device(device),
+            "device": str(device.torch_device), "device_name": device.description,
             "torch": torch.__version__, "model_name": args.model_name, "backbone": args.backbone,
             "output_stride": args.output_stride, "num_classes": num_classes, "batch_size": args.batch_size,
             "crop_size": args.crop_size,
