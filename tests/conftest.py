@@ -18,3 +18,10 @@ def camvid_root() -> Path:
     if not (CAMVID / "ImageSets" / "Segmentation" / "train.txt").is_file():
         pytest.skip(f"real CamVid data not found at {CAMVID} (it lives in ../shared beside the repo)")
     return CAMVID
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """8 train / 5 val demo images of 48x64 (an odd val count), written once per session."""
+    from tests.helpers import tiny_dataset_root
+    return tiny_dataset_root(tmp_path_factory)

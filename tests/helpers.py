@@ -3,7 +3,7 @@ as a subprocess, free ports, reading the run's outputs, and hand-made checkpoint
 
 The tiny dataset (8 train / 5 val images of 48x64, an odd val count on purpose, so a 2-process
 evaluation splits it unevenly) is written once per test session; use the `tiny_dataset` fixture
-(import it into the test module) or `tiny_dataset_root(tmp_path_factory)`.
+(defined in conftest.py) or `tiny_dataset_root(tmp_path_factory)`.
 """
 from __future__ import annotations
 
@@ -42,11 +42,6 @@ def tiny_dataset_root(tmp_path_factory) -> Path:
         make_demo_dataset(root, num_train=TINY_TRAIN, num_val=TINY_VAL, size=TINY_SIZE)
         _tiny_root = root
     return _tiny_root
-
-
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> Path:
-    return tiny_dataset_root(tmp_path_factory)
 
 
 def copy_dataset(src: Path, dst: Path) -> Path:

@@ -10,8 +10,7 @@ import torch
 from models import build_model
 from models.psanet import shrunk_size
 from runtime.errors import UserError
-from tests.helpers import (TINY_CLASSES, TINY_RUN, free_port, logged_values, read_json, run_launcher,
-                           tiny_dataset)  # noqa: F401  (fixture)
+from tests.helpers import (TINY_CLASSES, TINY_RUN, free_port, logged_values, read_json, run_launcher)
 
 
 @pytest.mark.parametrize("psa_type", ["collect", "distribute", "bi"])

@@ -20,8 +20,7 @@ from datasets.image_io import read_label, write_palette_png
 from runtime.checkpoint import FORMAT
 from runtime.errors import UserError
 from tests.helpers import (TINY_CLASSES, TINY_RUN, assert_one_line_error, ckpt_name, copy_dataset,
-                           expect_user_exit, free_port, run_launcher, run_train, sha256, snapshot,
-                           tiny_dataset)  # noqa: F401 (fixture)
+                           expect_user_exit, free_port, run_launcher, run_train, sha256, snapshot)
 
 TIMEOUT = 180
 TRAIN_ID, VAL_ID = "demo_train_0003", "demo_val_0001"

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from tests.helpers import (TINY_CLASSES, TINY_RUN, TINY_TRAIN, TINY_VAL, ckpt_name, free_port, logged_values,
-                           read_json, run_launcher, run_train, sha256, tiny_dataset)  # noqa: F401 (fixture)
+                           read_json, run_launcher, run_train, sha256)
 
 pytestmark = pytest.mark.slow
 
