@@ -6,7 +6,6 @@ weights (R = 2) connect every pair of pixels, at a cost linear in H + W instead 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from models.heads import ConvBNReLU, DecodeHead, make_aux_head
 from models.segmentor import EncoderDecoder, build_encoder

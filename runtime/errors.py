@@ -1,6 +1,7 @@
 """User mistakes are reported as one line and a non-zero exit, never a traceback."""
 import re
 import sys
+from typing import NoReturn
 
 EXIT_USER_ERROR = 2
 
@@ -21,6 +22,6 @@ def one_line(err: BaseException) -> str:
     return re.sub(r"^[\w.]*UserError:\s*", "", last)
 
 
-def exit_with(err: BaseException, prefix: str = "error") -> "NoReturn":  # noqa: F821
+def exit_with(err: BaseException, prefix: str = "error") -> NoReturn:
     print(f"{prefix}: {one_line(err)}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
