@@ -22,19 +22,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.build import build_datasets, build_loaders
-from runtime import distributed as dist
-from runtime.checkpoint import (FORMAT, check_resumable, check_work_dir, checkpoint_names, load_checkpoint,
+from segzoo.engine.data import build_datasets, build_loaders
+from segzoo.runtime import distributed as dist
+from segzoo.runtime.checkpoint import (FORMAT, check_resumable, check_work_dir, checkpoint_names, load_checkpoint,
                                 save_checkpoint, unwrap)
-from runtime.config import default_workers, parse_train_args, save_args
-from runtime.device import Device
-from runtime.errors import UserError, exit_with
-from runtime.losses import SegmentationCriterion
-from runtime.meters import ThroughputMeter, format_eta
-from runtime.metrics import ConfusionMatrix, format_table, results_to_json, save_json
-from runtime.run_logger import Verbosity, create_logger
-from runtime.setup import check_batch_norm_batch, setup_model, wrap_model
-from runtime.step import TrainStep, amp_settings, make_train_step, to_device_batch
+from segzoo.engine.config import default_workers, parse_train_args, save_args
+from segzoo.runtime.device import Device
+from segzoo.runtime.errors import UserError, exit_with
+from segzoo.runtime.losses import SegmentationCriterion
+from segzoo.runtime.meters import ThroughputMeter, format_eta
+from segzoo.runtime.metrics import ConfusionMatrix, format_table, results_to_json, save_json
+from segzoo.runtime.run_logger import Verbosity, create_logger
+from segzoo.engine.setup import check_batch_norm_batch, setup_model, wrap_model
+from segzoo.engine.step import TrainStep, amp_settings, make_train_step, to_device_batch
 
 
 def log0(info, *text):

@@ -3,6 +3,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime.launch import main  # noqa: E402
+from segzoo.engine.launch import main  # noqa: E402
 
 sys.exit(main(default_model="deeplabv3"))

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime.launch import main  # noqa: E402
+from segzoo.engine.launch import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(default_model="pspnet"))

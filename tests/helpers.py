@@ -37,7 +37,7 @@ def tiny_dataset_root(tmp_path_factory) -> Path:
     """The session's tiny demo dataset, written on the first call (VOC layout, palette labels)."""
     global _tiny_root
     if _tiny_root is None:
-        from datasets.demo import make_demo_dataset
+        from segzoo.datasets.demo import make_demo_dataset
         root = tmp_path_factory.mktemp("tiny_voc")
         make_demo_dataset(root, num_train=TINY_TRAIN, num_val=TINY_VAL, size=TINY_SIZE)
         _tiny_root = root
@@ -139,7 +139,7 @@ def read_json(path: Path) -> dict:
 
 
 def ckpt_name(kind: str, model: str = "pspnet", dataset: str = "voc") -> str:
-    """latest_/best_ checkpoint file names, as runtime.checkpoint.checkpoint_names makes them."""
+    """latest_/best_ checkpoint file names, as segzoo.runtime.checkpoint.checkpoint_names makes them."""
     return f"{kind}_{model}_{dataset}.pth"
 
 
@@ -155,8 +155,8 @@ def assert_one_line_error(result: Result, *needles: str, status: int = 2) -> str
 
 
 def expect_user_exit(capsys, argv: list, *needles: str) -> str:
-    """In-process runtime.launch.main(argv): exit status 2 and one 'error:' line with every needle."""
-    from runtime import launch
+    """In-process segzoo.engine.launch.main(argv): exit status 2 and one 'error:' line with every needle."""
+    from segzoo.engine import launch
     with pytest.raises(SystemExit) as exc:
         launch.main(argv)
     captured = capsys.readouterr()

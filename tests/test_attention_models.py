@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from models import build_model
-from models.psanet import shrunk_size
-from runtime.errors import UserError
+from segzoo.models import build_model
+from segzoo.models.psanet import shrunk_size
+from segzoo.runtime.errors import UserError
 from tests.helpers import (TINY_CLASSES, TINY_RUN, free_port, logged_values, read_json, run_launcher)
 
 

@@ -15,10 +15,10 @@ import cv2
 import pytest
 import torch
 
-from datasets.classes import VOC_PALETTE
-from datasets.image_io import read_label, write_palette_png
-from runtime.checkpoint import FORMAT
-from runtime.errors import UserError
+from segzoo.datasets.classes import VOC_PALETTE
+from segzoo.datasets.image_io import read_label, write_palette_png
+from segzoo.runtime.checkpoint import FORMAT
+from segzoo.runtime.errors import UserError
 from tests.helpers import (TINY_CLASSES, TINY_RUN, assert_one_line_error, ckpt_name, copy_dataset,
                            expect_user_exit, free_port, run_launcher, run_train, sha256, snapshot)
 
@@ -147,7 +147,7 @@ def test_image_and_label_sizes_differ(data, tmp_path):
 # ------------------------------------------------------------------------------------------
 def model_checkpoint(path, model_name="pspnet", num_classes=TINY_CLASSES):
     """A resumable checkpoint of a (randomly initialised) model, as train.py writes one."""
-    from models import build_model
+    from segzoo.models import build_model
     model = build_model(model_name, num_classes, backbone="resnet18")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     torch.save({"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -176,7 +176,7 @@ def test_ckpt_that_is_not_a_checkpoint(tiny_dataset, tmp_path):
 @pytest.mark.parametrize("size", [0, 1, 100, 2000, 100_000])
 def test_any_junk_as_ckpt_is_one_user_error(tmp_path, size):
     """The unpickler raises many exception types on arbitrary bytes; all must become one UserError."""
-    from runtime.checkpoint import load_checkpoint
+    from segzoo.runtime.checkpoint import load_checkpoint
     junk = tmp_path / "junk.pth"
     for seed in range(40 if size else 1):
         garbage(junk, seed, size)
@@ -186,7 +186,7 @@ def test_any_junk_as_ckpt_is_one_user_error(tmp_path, size):
 
 
 def test_truncated_checkpoint_is_one_user_error(tmp_path):
-    from runtime.checkpoint import load_checkpoint
+    from segzoo.runtime.checkpoint import load_checkpoint
     whole = tmp_path / "whole.pth"
     torch.save({"w": torch.zeros(1000)}, whole)
     cut = tmp_path / "cut.pth"
@@ -211,7 +211,7 @@ def test_ckpt_of_another_model_is_refused_and_left_alone(tiny_dataset, tmp_path,
 
 
 def test_weights_only_ckpt_cannot_be_resumed(tiny_dataset, tmp_path):
-    from models import build_model
+    from segzoo.models import build_model
     weights = tmp_path / "weights.pth"
     torch.save(build_model("pspnet", TINY_CLASSES, backbone="resnet18").state_dict(), weights)
     result = launch(tiny_dataset, tmp_path / "work", "--continue_training", "True", "--ckpt", weights)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from datasets.demo import make_demo_dataset
-from models import build_model
-from runtime.device import Device
-from runtime.step import make_train_step, to_device_batch
+from segzoo.datasets.demo import make_demo_dataset
+from segzoo.models import build_model
+from segzoo.runtime.device import Device
+from segzoo.engine.step import make_train_step, to_device_batch
 from tools import benchmark
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.classes import VOC_PALETTE
-from datasets.image_io import write_palette_png
-from runtime.errors import UserError
+from segzoo.datasets.classes import VOC_PALETTE
+from segzoo.datasets.image_io import write_palette_png
+from segzoo.runtime.errors import UserError
 from tools.convert_voc_label import ColourMap, convert_dir, convert_label_file, main, read_palette_file
 
 REPO = Path(__file__).resolve().parents[1]

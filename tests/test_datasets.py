@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from datasets import (DEMO_CLASSES, VOC_CLASSES, VOC_PALETTE, SeededDistributedSampler,
+from segzoo.datasets import (DEMO_CLASSES, VOC_CLASSES, VOC_PALETTE, SeededDistributedSampler,
                       UnpaddedDistributedSampler, VOCSegmentation, build_train_transform,
                       build_val_transform, ensure_demo_dataset, make_demo_dataset, pad_collate,
                       resolve_num_classes)
-from datasets import image_io
-from datasets.demo import STAMP_FILE
-from datasets.image_io import read_image, read_label, write_palette_png
-from runtime.errors import UserError, one_line
+from segzoo.datasets import image_io
+from segzoo.datasets.demo import STAMP_FILE
+from segzoo.datasets.image_io import read_image, read_label, write_palette_png
+from segzoo.runtime.errors import UserError, one_line
 from tools import make_demo_data
 
 # ----------------------------------------------------------------------------- helpers

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime import launch
-from runtime.config import parse_train_args
-from runtime.device import DEVICE_TYPES
-from runtime.errors import UserError
+from segzoo.engine import launch
+from segzoo.engine.config import parse_train_args
+from segzoo.runtime.device import DEVICE_TYPES
+from segzoo.runtime.errors import UserError
 from tests.helpers import REPO, expect_user_exit, free_port, run_launcher
 
 PY = "/usr/bin/python-for-test"  # build_command's interpreter, so commands compare as plain lists
@@ -260,7 +260,7 @@ def test_a_failing_worker_status_comes_back_through_torchrun(tmp_path, capfd, mo
 LAUNCHER_SCRIPT = """
 import sys
 sys.path.insert(0, {repo!r})
-from runtime.launch import run_child
+from segzoo.engine.launch import run_child
 child = ("import os, sys, time\\n"
          "tmp = sys.argv[1] + '.tmp'\\n"
          "open(tmp, 'w').write(str(os.getpid()))\\n"

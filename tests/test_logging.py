@@ -1,4 +1,4 @@
-"""runtime.dllogger (the built-in DLLogger) and runtime.run_logger.create_logger."""
+"""segzoo.runtime.dllogger (the built-in DLLogger) and segzoo.runtime.run_logger.create_logger."""
 import json
 import math
 import sys
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from runtime import dllogger
-from runtime import run_logger as run_logging
-from runtime.dllogger import JSONStreamBackend, Logger, StdOutBackend, Verbosity
-from runtime.errors import UserError
+from segzoo.runtime import dllogger
+from segzoo.runtime import run_logger as run_logging
+from segzoo.runtime.dllogger import JSONStreamBackend, Logger, StdOutBackend, Verbosity
+from segzoo.runtime.errors import UserError
 
 PREFIX = "TCAPPDLL "
 

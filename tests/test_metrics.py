@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from runtime.errors import UserError
-from runtime.metrics import ConfusionMatrix, format_table, results_to_json, save_json
+from segzoo.runtime.errors import UserError
+from segzoo.runtime.metrics import ConfusionMatrix, format_table, results_to_json, save_json
 
 NUM_CLASSES = 6
 

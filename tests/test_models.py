@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from models import MODELS, build_model
-from models.deeplabv3 import atrous_rates_for
-from models.encnet import Encoding
-from models.pspnet import PyramidPooling
-from models.resnet import BasicBlock, Bottleneck, build_resnet
-from runtime.errors import UserError
+from segzoo.models import MODELS, build_model
+from segzoo.models.deeplabv3 import atrous_rates_for
+from segzoo.models.encnet import Encoding
+from segzoo.models.pspnet import PyramidPooling
+from segzoo.models.resnet import BasicBlock, Bottleneck, build_resnet
+from segzoo.runtime.errors import UserError
 
 OUR_MODELS = ("pspnet", "deeplabv3", "encnet")
 NUM_CLASSES = 5

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from ops.reference import criss_cross_reference, psa_mask_reference
-from runtime.errors import UserError
+from segzoo.ops.reference import criss_cross_reference, psa_mask_reference
+from segzoo.runtime.errors import UserError
 from tools import bench_ops
 
 

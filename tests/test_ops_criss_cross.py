@@ -3,8 +3,8 @@ the CrissCrossAttention module."""
 import pytest
 import torch
 
-from ops import CrissCrossAttention, criss_cross_attention
-from ops.reference import criss_cross_reference
+from segzoo.ops import CrissCrossAttention, criss_cross_attention
+from segzoo.ops.reference import criss_cross_reference
 
 # (N, C', C, H, W): odd and non-square maps, single row / column / pixel.
 SHAPES = [(2, 3, 4, 5, 7), (1, 2, 3, 6, 4), (2, 2, 3, 1, 5), (1, 2, 2, 4, 1), (1, 1, 1, 1, 1)]

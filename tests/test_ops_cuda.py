@@ -8,9 +8,9 @@ after the x2 shrink, mask 127x63, batch 8); CCNet at a 769x769 crop (97x97, C=51
 import pytest
 import torch
 
-from ops import CrissCrossAttention, available_impls, criss_cross_attention, psa_mask
-from runtime.device import device_type
-from runtime.errors import UserError
+from segzoo.ops import CrissCrossAttention, available_impls, criss_cross_attention, psa_mask
+from segzoo.runtime.device import device_type
+from segzoo.runtime.errors import UserError
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 MODES = ["collect", "distribute"]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import ops
-from ops import _dispatch, criss_cross_attention, psa_mask
-from runtime.errors import UserError
+from segzoo import ops
+from segzoo.ops import _dispatch, criss_cross_attention, psa_mask
+from segzoo.runtime.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,8 @@ def fresh_announcements(monkeypatch):
 
 def test_import_does_not_import_triton():
     proc = _run_python("""
-        import sys, torch, ops
+        import sys, torch
+        from segzoo import ops
         ops.psa_mask(torch.randn(1, 9, 2, 2))
         ops.criss_cross_attention(torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 4, 3, 3))
         print("triton" in sys.modules)
@@ -53,9 +54,9 @@ def test_runs_and_falls_back_without_triton():
                 if name == "triton" or name.startswith("triton."):
                     raise ImportError("triton blocked for this test")
         sys.meta_path.insert(0, NoTriton())
-        import ops
-        from ops import _dispatch
-        from runtime.errors import UserError
+        from segzoo import ops
+        from segzoo.ops import _dispatch
+        from segzoo.runtime.errors import UserError
         ops.psa_mask(torch.randn(1, 9, 2, 2), impl="auto")
         ops.CrissCrossAttention(8)(torch.randn(1, 8, 3, 3))
         assert ops.available_impls("cuda") == {"psa_mask": ("portable",), "criss_cross_attention": ("portable",)}
@@ -111,7 +112,7 @@ def test_sdaa_slot_uses_a_plugin_op_when_registered():
     proc = _run_python("""
         import torch
         from torch.library import Library
-        from ops import _dispatch
+        from segzoo.ops import _dispatch
         lib = Library("sdaa", "FRAGMENT")
         lib.define("psa_mask(Tensor x, int mask_h, int mask_w, bool collect) -> Tensor")
         portable = object()
@@ -130,7 +131,7 @@ def test_first_kernel_lookup_inside_torch_compile():
     # must then run eagerly, not be traced (that would break the graph).
     proc = _run_python("""
         import torch
-        from ops import _dispatch
+        from segzoo.ops import _dispatch
         portable = lambda x: x
         def chosen_kernel(x):
             return x + (0 if _dispatch.select("psa_mask", torch.device("cuda"), "auto", portable) is portable else 1)

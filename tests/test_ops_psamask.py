@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from ops import psa_mask
-from ops.psamask import _reversal_index
-from ops.reference import psa_mask_reference
+from segzoo.ops import psa_mask
+from segzoo.ops.psamask import _reversal_index
+from segzoo.ops.reference import psa_mask_reference
 
 # (H, W) maps: odd, even, non-square and single-row/column; masks: default, smaller and larger,
 # odd and even, mixed.

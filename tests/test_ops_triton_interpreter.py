@@ -46,7 +46,7 @@ PSA_CASES = [((3, 4), None), ((5, 3), (3, 3)), ((4, 5), (4, 2)), ((3, 3), (9, 11
 @pytest.mark.parametrize("mode", ["collect", "distribute"])
 @pytest.mark.parametrize("hw,mask", PSA_CASES)
 def test_psa_kernel_matches_portable(hw, mask, mode, dtype):
-    from ops import psa_mask
+    from segzoo.ops import psa_mask
     height, width = hw
     mask_h, mask_w = mask or (2 * height - 1, 2 * width - 1)
     x = torch.randn(2, mask_h * mask_w, height, width).to(dtype).requires_grad_()
@@ -72,7 +72,7 @@ def test_criss_cross_kernel_matches_portable(shape, dtype):
     if dtype == torch.bfloat16:
         pytest.skip("Triton's interpreter computes bf16 tl.dot on raw bit patterns (triton-lang/triton#11584); "
                     "bf16 is checked on CUDA by tests/test_ops_cuda.py")
-    from ops import criss_cross_attention
+    from segzoo.ops import criss_cross_attention
     n, c_qk, c, height, width = shape
     generator = torch.Generator().manual_seed(0)
     q, k = (torch.randn(n, c_qk, height, width, generator=generator) for _ in range(2))
@@ -94,7 +94,7 @@ def test_criss_cross_kernel_matches_portable(shape, dtype):
 @interpreted_only
 def test_module_with_kernel_on_split_qkv_views():
     # The module hands the kernel non-contiguous q, k, v (views into one projection).
-    from ops import CrissCrossAttention
+    from segzoo.ops import CrissCrossAttention
     torch.manual_seed(0)
     module = CrissCrossAttention(16, impl="kernel")
     with torch.no_grad():
@@ -111,8 +111,8 @@ def test_module_with_kernel_on_split_qkv_views():
 
 @interpreted_only
 def test_custom_op_registration():
-    from ops._triton_criss_cross import criss_cross_backward_op, criss_cross_op
-    from ops._triton_psamask import psa_mask_backward_op, psa_mask_op
+    from segzoo.ops._triton_criss_cross import criss_cross_backward_op, criss_cross_op
+    from segzoo.ops._triton_psamask import psa_mask_backward_op, psa_mask_op
     checks = ("test_schema", "test_autograd_registration")
     lines = [torch.randn(5, 2, 7, c, requires_grad=True) for c in (3, 3, 4)]  # line-major (H, N, W, C)
     out, attn = criss_cross_op(*lines)

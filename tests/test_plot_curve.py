@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.dllogger import JSONStreamBackend, Logger, Verbosity
-from runtime.errors import UserError
+from segzoo.runtime.dllogger import JSONStreamBackend, Logger, Verbosity
+from segzoo.runtime.errors import UserError
 from tools.plot_curve import (Curve, Records, compare_loss, global_iterations, main,
                               moving_average, plot, read_log)
 
@@ -46,7 +46,7 @@ def nvidia_log_line(step, data: dict, index: int = 0) -> str:
 
 
 def write_our_log(path: Path, losses, epochs: int = 1, miou=None) -> Path:
-    """A log written by runtime.dllogger, steps (epoch, global iteration) from 1."""
+    """A log written by segzoo.runtime.dllogger, steps (epoch, global iteration) from 1."""
     logger = Logger([JSONStreamBackend(Verbosity.VERBOSE, path)])
     logger.metadata("train.loss", {"format": ":.4f"})
     logger.log("PARAMETER", {"lr": 0.01})

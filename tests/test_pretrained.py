@@ -6,10 +6,10 @@ import re
 import pytest
 import torch
 
-from models import build_model
-from models.pretrained import load_backbone_weights
-from models.resnet import build_resnet
-from runtime.errors import UserError
+from segzoo.models import build_model
+from segzoo.models.pretrained import load_backbone_weights
+from segzoo.models.resnet import build_resnet
+from segzoo.runtime.errors import UserError
 
 
 def _trained_state(arch: str, stem: str) -> dict:

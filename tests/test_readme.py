@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import add_launch_args, add_train_args, parse_train_args
-from runtime.launch import build_command, split_argv
+from segzoo.engine.config import add_launch_args, add_train_args, parse_train_args
+from segzoo.engine.launch import build_command, split_argv
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

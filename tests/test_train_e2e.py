@@ -46,7 +46,7 @@ def losses(log_file) -> list:
 @pytest.fixture(scope="module")
 def val_pixels(tiny_dataset) -> int:
     """Labelled (non-void) pixels of the val split: what one full pass must count, once each."""
-    from datasets.image_io import read_label
+    from segzoo.datasets.image_io import read_label
     ids = (tiny_dataset / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
     return int(sum((read_label(tiny_dataset / "SegmentationClass" / f"{i}.png") != 255).sum() for i in ids))
 
@@ -200,7 +200,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 def random_init_ckpt(tmp_path_factory) -> dict:
     """A bare state dict of a randomly initialised model: unlike a model trained for a few
     iterations (all background) it predicts several classes, so the matrices below are not trivial."""
-    from models import build_model
+    from segzoo.models import build_model
     torch.manual_seed(0)
     model = build_model("pspnet", TINY_CLASSES, backbone="resnet18")
     state = model.state_dict()
@@ -233,7 +233,7 @@ def test_one_and_two_processes_give_identical_confusion_matrices(one_process_tes
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
 def test_checkpoints_with_wrapper_prefixes_load_for_test_only(prefix, one_process_test_only, tiny_dataset,
                                                               random_init_ckpt, tmp_path, val_pixels, class_names):
-    from runtime.checkpoint import FORMAT
+    from segzoo.runtime.checkpoint import FORMAT
     prefixed = {prefix + k: v for k, v in random_init_ckpt["state"].items()}
     path = tmp_path / "prefixed.pth"
     # Once as this runner's checkpoint format, once as a bare state dict from elsewhere.

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.transforms import (MEAN, MEAN_RGB_UINT8, STD, CenterCrop, Compose, RandomCrop,
+from segzoo.datasets.transforms import (MEAN, MEAN_RGB_UINT8, STD, CenterCrop, Compose, RandomCrop,
                                  RandomGaussianBlur, RandomHorizontalFlip, RandomRotate, RandomScale,
                                  build_train_transform, build_val_transform, normalize)
 

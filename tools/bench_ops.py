@@ -39,9 +39,9 @@ from typing import Callable, Optional, Sequence  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ops import available_impls, criss_cross_attention, psa_mask  # noqa: E402
-from runtime.device import Device, device_type  # noqa: E402
-from runtime.errors import UserError, exit_with  # noqa: E402
+from segzoo.ops import available_impls, criss_cross_attention, psa_mask  # noqa: E402
+from segzoo.runtime.device import Device, device_type  # noqa: E402
+from segzoo.runtime.errors import UserError, exit_with  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 H100_PEAK_BANDWIDTH = 3.35e12  # bytes/s, H100 SXM HBM3

@@ -11,7 +11,7 @@ the same meaning, so a training command line can be benchmarked by swapping the 
 flags that only matter over a whole run (--epoch, --work_dir, --ckpt, ...) change nothing here.
 
 Modes (default: train,infer, plus loader,e2e when data is given):
-  train   the training step (runtime.step.TrainStep, as train.py runs it) on uint8 images made on
+  train   the training step (segzoo.engine.step.TrainStep, as train.py runs it) on uint8 images made on
           the device and normalised there, and random labels: img/s and ms/step from a loop with
           one sync at the end; peak memory; achieved TFLOP/s from torch's FLOP counter (one
           eager step, counted once); the step split into data / forward / backward / optimizer,
@@ -19,7 +19,7 @@ Modes (default: train,infer, plus loader,e2e when data is given):
           than the headline ms/step).
   infer   model.eval() under inference_mode on the same synthetic batch at the crop size
           (normalise, forward, argmax): img/s, peak memory, TFLOP/s.
-  loader  images/s the training DataLoader (datasets.build, as train.py builds it) delivers from
+  loader  images/s the training DataLoader (segzoo.engine.data, as train.py builds it) delivers from
           --dataset_path with --workers (default here: all cores), and the decode and augment cost
           per image on one core, timed single-process on a sample of images (best of 3 per image,
           so it is CPU cost, not disk).
@@ -51,15 +51,15 @@ import cv2  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from datasets.build import build_datasets, build_loaders  # noqa: E402
-from datasets.sampler import sample_seed  # noqa: E402
-from datasets.transforms import to_hw  # noqa: E402
-from runtime.config import OneLineParser, add_train_args, finalize, non_negative_int, positive_int  # noqa: E402
-from runtime.device import Device  # noqa: E402
-from runtime.distributed import DistInfo  # noqa: E402
-from runtime.errors import UserError, exit_with  # noqa: E402
-from runtime.step import TrainStep, make_train_step, to_device_batch  # noqa: E402
-from runtime.setup import check_batch_norm_batch, setup_model, wrap_model  # noqa: E402
+from segzoo.engine.data import build_datasets, build_loaders  # noqa: E402
+from segzoo.datasets.sampler import sample_seed  # noqa: E402
+from segzoo.datasets.transforms import to_hw  # noqa: E402
+from segzoo.engine.config import OneLineParser, add_train_args, finalize, non_negative_int, positive_int  # noqa: E402
+from segzoo.runtime.device import Device  # noqa: E402
+from segzoo.runtime.distributed import DistInfo  # noqa: E402
+from segzoo.runtime.errors import UserError, exit_with  # noqa: E402
+from segzoo.engine.step import TrainStep, make_train_step, to_device_batch  # noqa: E402
+from segzoo.engine.setup import check_batch_norm_batch, setup_model, wrap_model  # noqa: E402
 
 MODES = ("train", "infer", "loader", "e2e")  # also the order they run in: e2e compares with train
 DATA_MODES = frozenset({"loader", "e2e"})
@@ -362,7 +362,7 @@ def measure_decode_cost(dataset, sample: int, seed: int, repeats: int = 3) -> di
     count = min(sample, len(dataset))
     indices = [round(k * (len(dataset) - 1) / max(1, count - 1)) for k in range(count)]
     previous_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # as DataLoader workers run (datasets.build._worker_init)
+    cv2.setNumThreads(1)  # as DataLoader workers run (segzoo.engine.data._worker_init)
     try:
         decode = sum(best_time(lambda: dataset.load(i), repeats) for i in indices)
         total = sum(best_time(lambda: dataset[(i, sample_seed(seed, 0, i))], repeats) for i in indices)

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from datasets.classes import IGNORE_INDEX, VOC_PALETTE  # noqa: E402
-from datasets.image_io import (PNG_GRAY, PNG_PALETTE, PNG_RGB, PNG_RGBA, decode_palette_indices,  # noqa: E402
+from segzoo.datasets.classes import IGNORE_INDEX, VOC_PALETTE  # noqa: E402
+from segzoo.datasets.image_io import (PNG_GRAY, PNG_PALETTE, PNG_RGB, PNG_RGBA, decode_palette_indices,  # noqa: E402
                                decode_rgb, png_header, read_bytes, read_label, write_gray_png)
-from runtime.errors import UserError, exit_with  # noqa: E402
+from segzoo.runtime.errors import UserError, exit_with  # noqa: E402
 
 EXIT_SOME_FAILED = 1
 

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.demo import DEMO_CLASSES, make_demo_dataset  # noqa: E402
-from runtime.errors import UserError, exit_with  # noqa: E402
+from segzoo.datasets.demo import DEMO_CLASSES, make_demo_dataset  # noqa: E402
+from segzoo.runtime.errors import UserError, exit_with  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

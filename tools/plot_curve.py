@@ -6,7 +6,7 @@ overlay two runs and measure how far apart their loss curves are.
     python tools/plot_curve.py cuda.log sdaa.log --out cmp.png --labels cuda sdaa --smooth 20
 
 Reads these log lines (anything else is skipped and counted):
-  * ours (runtime.dllogger): TCAPPDLL {"type": "LOG", "step": [1, 20], "data": {"train.loss": 0.2}}
+  * ours (segzoo.runtime.dllogger): TCAPPDLL {"type": "LOG", "step": [1, 20], "data": {"train.loss": 0.2}}
   * tcap_dllogger:           TCAPPDLL {..., "step": [1, 20], "data": "{'train.loss': '0.2'}"}
                              ("data" is a Python repr string)
   * NVIDIA DLLogger:         DLLL {..., "step": [1, 20], "data": {"train.loss": 0.2}}
@@ -31,7 +31,7 @@ from typing import Any, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from runtime.errors import UserError, exit_with  # noqa: E402
+from segzoo.runtime.errors import UserError, exit_with  # noqa: E402
 
 LOSS_KEY = "train.loss"
 MIOU_KEY = "val.mIoU"

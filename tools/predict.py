@@ -19,15 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datasets.classes import IGNORE_INDEX, VOC_PALETTE  # noqa: E402
-from datasets.image_io import read_image, write_palette_png  # noqa: E402
-from datasets.transforms import normalize  # noqa: E402
-from datasets.voc import VOCSegmentation  # noqa: E402
-from runtime.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
-from runtime.config import OneLineParser  # noqa: E402
-from runtime.device import Device  # noqa: E402
-from runtime.errors import UserError, exit_with  # noqa: E402
-from runtime.setup import model_from_args  # noqa: E402
+from segzoo.datasets.classes import IGNORE_INDEX, VOC_PALETTE  # noqa: E402
+from segzoo.datasets.image_io import read_image, write_palette_png  # noqa: E402
+from segzoo.datasets.transforms import normalize  # noqa: E402
+from segzoo.datasets.voc import VOCSegmentation  # noqa: E402
+from segzoo.runtime.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
+from segzoo.engine.config import OneLineParser  # noqa: E402
+from segzoo.runtime.device import Device  # noqa: E402
+from segzoo.runtime.errors import UserError, exit_with  # noqa: E402
+from segzoo.engine.setup import model_from_args  # noqa: E402
 
 
 def load_model(ckpt_path: str, device: Device) -> tuple:

@@ -1,0 +1,84 @@
+"""Datasets and data loaders of a run, from its flags.
+
+Training: random scale / crop / flip (+ optional rotate, blur), DistributedSampler semantics
+with per-sample augmentation seeds, last partial batch dropped (BatchNorm dislikes a batch of 1).
+Evaluation: centre crops (--crop_val True) or whole images, every image on exactly one rank.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from segzoo.runtime import distributed as dist
+from segzoo.runtime.errors import UserError
+
+from segzoo.datasets.collate import pad_collate
+from segzoo.datasets.demo import ensure_demo_dataset
+from segzoo.datasets.sampler import SeededDistributedSampler, UnpaddedDistributedSampler
+from segzoo.datasets.transforms import build_train_transform, build_val_transform
+from segzoo.datasets.voc import CLASS_NAMES_FILE, VOCSegmentation, find_voc_root
+
+# The original launcher's default class count for VOC data without class_names.txt.
+ORIGINAL_DEFAULT_CLASSES = 20
+
+
+def default_num_classes(root: str, ckpt: dict | None) -> int | None:
+    """--num_classes when not given: class_names.txt's length (None lets the dataset infer it),
+    else the checkpoint's (test/resume: picks the 20 or 21 class VOC protocol), else the
+    original's 20-class protocol. class_names.txt comes first because it is authoritative: a
+    checkpoint of another class count is then refused by check_compatible, naming --ckpt,
+    instead of the dataset blaming a --num_classes the user never passed."""
+    if (find_voc_root(root) / CLASS_NAMES_FILE).is_file():
+        return None
+    if ckpt is not None and ckpt.get("num_classes"):
+        return int(ckpt["num_classes"])
+    return ORIGINAL_DEFAULT_CLASSES
+
+
+def build_datasets(args, info, ckpt: dict | None = None):
+    """(train_set or None under --test_only, val_set)."""
+    root = Path(args.dataset_path)
+    if args.dataset == "demo":
+        if info.is_main:
+            ensure_demo_dataset(root)
+        dist.barrier()
+    num_classes = args.num_classes if args.num_classes is not None else default_num_classes(root, ckpt)
+    val_crop = args.crop_size if args.crop_val else None
+    val_set = VOCSegmentation(root, "val", num_classes, transform=build_val_transform(val_crop))
+    if args.test_only:
+        return None, val_set
+    train_tf = build_train_transform(args.crop_size, scale=(args.scale_min, args.scale_max), rotate=args.rotate,
+                                     blur=args.blur)
+    train_set = VOCSegmentation(root, "train", val_set.num_classes, transform=train_tf)
+    return train_set, val_set
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Each worker is one of many processes: OpenCV's own thread pool would oversubscribe the cores.
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def _loader(dataset, sampler, batch_size, args, pin_memory, train: bool) -> DataLoader:
+    workers = args.workers
+    extra = {"persistent_workers": True, "worker_init_fn": _worker_init, "prefetch_factor": 4} if workers else {}
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                      drop_last=train, collate_fn=None if train else pad_collate, **extra)
+
+
+def build_loaders(args, train_set, val_set, info, device):
+    """(train_loader or None, val_loader); pinned memory only where there is a device to copy to."""
+    pin = device.is_accelerator
+    val_sampler = UnpaddedDistributedSampler(len(val_set), info.world_size, info.rank)
+    val_loader = _loader(val_set, val_sampler, args.val_batch_size, args, pin, train=False)
+    if train_set is None:
+        return None, val_loader
+    per_rank = len(train_set) // info.world_size
+    if per_rank < args.batch_size:
+        raise UserError(f"--batch_size {args.batch_size} is larger than the {per_rank} training images each of the "
+                        f"{info.world_size} process(es) gets from {len(train_set)}; lower --batch_size")
+    train_sampler = SeededDistributedSampler(len(train_set), info.world_size, info.rank, shuffle=True,
+                                             seed=args.random_seed, drop_last=True)
+    train_loader = _loader(train_set, train_sampler, args.batch_size, args, pin, train=True)
+    return train_loader, val_loader
