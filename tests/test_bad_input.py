@@ -123,7 +123,7 @@ def test_label_value_beyond_the_classes(data, tmp_path):
         values[:4, :4] = 7  # 6 classes: ids 0..5 and 255
         return values
     rewrite_label(broken, add_class_7)
-    assert_one_line_error(launch(data, tmp_path / "work"), broken, "class id 7")
+    assert_one_line_error(launch(data, tmp_path / "work"), broken, "label value 7")
     assert no_checkpoints(tmp_path / "work")
 
 

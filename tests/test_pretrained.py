@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from segzoo.models import build_model
-from segzoo.models.pretrained import load_backbone_weights
-from segzoo.models.resnet import build_resnet
+from segzoo.models.backbones.resnet_weights import load_backbone_weights
+from segzoo.models.backbones.resnet import build_resnet
 from segzoo.runtime.errors import UserError
 
 

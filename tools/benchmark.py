@@ -123,9 +123,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.json and not Path(args.json).expanduser().parent.is_dir():
         raise UserError(f"--json {args.json}: folder {Path(args.json).parent} does not exist; create it first")
     if not has_data:
-        # finalize() insists on a dataset path for voc data; these modes read no files at all.
-        args.dataset = "synthetic"
+        args.dataset_path = "-"  # finalize() insists on a dataset path; these modes read no files at all
     finalize(args)
+    if not has_data:
+        args.dataset, args.dataset_path = "synthetic", None
     return args
 
 

@@ -5,6 +5,11 @@
     loader = DataLoader(ds, batch_size=8, sampler=SeededDistributedSampler(len(ds), world, rank))
     images = normalize(images_uint8.to(device), torch.float32)   # on the device
 """
+from segzoo.registry import Registry
+
+#: Dataset layouts by --dataset name; each module of this package registers its own.
+DATASETS = Registry("dataset", "segzoo.datasets")
+
 from .classes import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
 from .collate import pad_collate
 from .demo import DEMO_CLASSES, ensure_demo_dataset, make_demo_dataset
@@ -15,6 +20,7 @@ from .transforms import (MEAN, STD, CenterCrop, Compose, RandomCrop, RandomGauss
 from .voc import VOCSegmentation, find_voc_root, resolve_num_classes
 
 __all__ = [
+    "DATASETS",
     "IGNORE_INDEX", "VOC_CLASSES", "VOC_PALETTE", "DEMO_CLASSES",
     "VOCSegmentation", "find_voc_root", "resolve_num_classes",
     "MEAN", "STD", "normalize", "Compose", "RandomScale", "RandomRotate", "RandomGaussianBlur",

@@ -19,8 +19,10 @@ import numpy as np
 from segzoo.runtime.atomic import atomic_write
 from segzoo.runtime.errors import UserError
 
+from . import DATASETS
 from .classes import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
 from .image_io import write_palette_png
+from .voc import VOCSegmentation
 
 PathLike = Union[str, Path]
 
@@ -226,3 +228,9 @@ def ensure_demo_dataset(root: PathLike) -> Path:
     ``root`` (writing it once) and return ``root`` as a Path."""
     make_demo_dataset(root)
     return Path(root).expanduser()
+
+
+@DATASETS.register("demo", summary="built-in synthetic VOC-format data, written on first use (default data/demo)",
+                   default_path="data/demo", prepare=ensure_demo_dataset)
+class DemoSegmentation(VOCSegmentation):
+    """The demo data (``make_demo_dataset``), read as the VOC-format dataset it is."""

@@ -15,19 +15,14 @@ Label protocols (255 is always ignored):
     with background = 0; ``num_classes=20`` ignores background (0 -> 255) and shifts the
     object classes 1..20 to 0..19.
 """
-import os
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
-
-import cv2
-import numpy as np
-import torch
-from torch.utils.data import Dataset
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 from segzoo.runtime.errors import UserError
 
-from .classes import IGNORE_INDEX, VOC_CLASSES
-from .image_io import read_image, read_label
+from . import DATASETS
+from .base import LabelTable, SegmentationDataset, read_list_file
+from .classes import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
 
 PathLike = Union[str, Path]
 
@@ -104,40 +99,6 @@ def resolve_num_classes(root: PathLike, num_classes: Optional[int] = None) -> in
     return len(label_protocol(find_voc_root(root), num_classes).class_names)
 
 
-def _read_split(list_file: Path) -> List[str]:
-    if not list_file.is_file():
-        available = sorted(p.stem for p in list_file.parent.glob("*.txt"))
-        raise UserError(f"split list {list_file} not found (available splits: "
-                        f"{', '.join(available) or 'none'})")
-    try:
-        ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {list_file}: {e}") from None
-    if not ids:
-        raise UserError(f"split list {list_file} is empty; it should hold one image id per line")
-    return ids
-
-
-def _check_all_exist(paths: Sequence[str], what: str, list_file: Path) -> None:
-    """UserError naming the first missing file. One directory listing instead of a stat
-    per file keeps this cheap for large splits; ids with sub-folders fall back to stat."""
-    listings = {}
-
-    def exists(path: str) -> bool:
-        folder, name = os.path.split(path)
-        if folder not in listings:
-            try:
-                listings[folder] = set(os.listdir(folder))
-            except OSError:
-                listings[folder] = set()
-        return name in listings[folder] or os.path.isfile(path)
-
-    missing = [p for p in paths if not exists(p)]
-    if missing:
-        raise UserError(f"{missing[0]} not found: {len(missing)} of {len(paths)} ids in {list_file} "
-                        f"have no {what}; fix the list or add the files")
-
-
 def _first_existing_dir(voc_root: Path, names: Sequence[str]) -> Path:
     for name in names:
         if (voc_root / name).is_dir():
@@ -145,14 +106,9 @@ def _first_existing_dir(voc_root: Path, names: Sequence[str]) -> Path:
     raise UserError(f"no label folder in {voc_root}: expected one of {', '.join(names)}")
 
 
-class VOCSegmentation(Dataset):
-    """Images and class-id labels of one split of a VOC-format dataset.
-
-    ``dataset[i]`` or ``dataset[(i, seed)]`` (the pairs SeededDistributedSampler yields)
-    returns ``(image, label)``: image ``torch.uint8 (3, H, W)`` RGB, label
-    ``torch.uint8 (H, W)`` with class ids and 255 = ignore, both contiguous. With a pair,
-    all augmentation randomness comes from ``np.random.default_rng(seed)``; a bare index
-    gets fresh, unseeded randomness.
+@DATASETS.register("voc", summary="PASCAL VOC 2007/2012 or any VOC-format folder (class_names.txt for custom classes)")
+class VOCSegmentation(SegmentationDataset):
+    """One split of a VOC-format dataset (see the module doc for the layout and protocols).
 
     Args:
         root: dataset folder (the layout may also sit in a VOC sub-folder, see module doc).
@@ -164,89 +120,25 @@ class VOCSegmentation(Dataset):
     loaded, always as a UserError naming the file.
     """
 
-    def __init__(self, root: PathLike, split: str, num_classes: Optional[int] = None,
-                 transform=None):
-        self.root = find_voc_root(root)
-        protocol = label_protocol(self.root, num_classes)
-        self.class_names = list(protocol.class_names)
-        self.num_classes = len(self.class_names)
-        self.ignore_index = IGNORE_INDEX
-        self.split = split
-        self.transform = transform
-        self._protocol = protocol
-        self._remap = _background_dropping_lut() if protocol.drop_background else None
-
-        image_dir = self.root / IMAGE_DIR
+    def __init__(self, root: PathLike, split: str, num_classes: Optional[int] = None, transform=None):
+        voc_root = find_voc_root(root)
+        protocol = label_protocol(voc_root, num_classes)
+        image_dir = voc_root / IMAGE_DIR
         if not image_dir.is_dir():
             raise UserError(f"image folder {image_dir} not found")
-        self.label_dir = _first_existing_dir(self.root, LABEL_DIRS)
-        list_file = self.root / SPLIT_DIR / f"{split}.txt"
-        self.ids = _read_split(list_file)
-        self._image_paths = [str(image_dir / f"{i}.jpg") for i in self.ids]
-        self._label_paths = [str(self.label_dir / f"{i}.png") for i in self.ids]
-        _check_all_exist(self._image_paths, "image", list_file)
-        _check_all_exist(self._label_paths, f"label in {self.label_dir.name}/", list_file)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_path(self, index: int) -> str:
-        return self._image_paths[index]
-
-    def label_path(self, index: int) -> str:
-        return self._label_paths[index]
-
-    def load(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Sample ``index`` before transforms: (H, W, 3) uint8 RGB and (H, W) uint8 class
-        ids under this dataset's protocol, validated."""
-        image_path, label_path = self._image_paths[index], self._label_paths[index]
-        image = read_image(image_path)
-        label = read_label(label_path)
-        if image.shape[:2] != label.shape:
-            raise UserError(f"{label_path} is {label.shape[1]}x{label.shape[0]} but its image "
-                            f"{image_path} is {image.shape[1]}x{image.shape[0]} (width x height); "
-                            f"labels must match their images")
-        self._check_label_values(label, label_path)
-        if self._remap is not None:
-            label = cv2.LUT(label, self._remap)
-        return image, label
-
-    def _check_label_values(self, label: np.ndarray, label_path: str) -> None:
-        allowed = self._protocol.num_label_values
-        if label.max() < allowed:  # fast path, a few microseconds
-            return
-        counts = cv2.calcHist([label], [0], None, [256], [0, 256]).ravel()
-        counts[IGNORE_INDEX] = 0
-        present = np.flatnonzero(counts)
-        if present.size and present[-1] >= allowed:
-            raise UserError(
-                f"{label_path} holds class id {present[-1]}, but {self._protocol.source} allow ids "
-                f"0..{allowed - 1} (and {IGNORE_INDEX} = ignore); check --num_classes or the labels")
-
-    def __getitem__(self, item: Union[int, Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(item, (tuple, list)):
-            index, seed = item
+        self.label_dir = _first_existing_dir(voc_root, LABEL_DIRS)
+        list_file = voc_root / SPLIT_DIR / f"{split}.txt"
+        self.ids = read_list_file(list_file)
+        if protocol.drop_background:
+            table = LabelTable.from_mapping({k: k - 1 for k in range(1, protocol.num_label_values)}, protocol.source,
+                                            allowed_values=[0])
         else:
-            index, seed = item, None  # default_rng(None) draws fresh OS entropy
-        image, label = self.load(int(index))
-        if self.transform is not None:
-            image, label = self.transform(image, label, np.random.default_rng(seed))
-        # HWC -> CHW is the one copy on this path; it also makes flipped/cropped views
-        # contiguous. The label only copies when a transform left it as a view.
-        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        label = torch.from_numpy(np.ascontiguousarray(label))
-        return image, label
+            table = LabelTable.identity(protocol.num_label_values, protocol.source)
+        self._protocol = protocol
+        super().__init__(voc_root, split, [str(image_dir / f"{i}.jpg") for i in self.ids],
+                         [str(self.label_dir / f"{i}.png") for i in self.ids], protocol.class_names,
+                         VOC_PALETTE, table, transform, list_source=list_file)
 
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(root={self.root}, split={self.split!r}, "
-                f"{len(self)} images, labels={self.label_dir.name}/, "
-                f"num_classes={self.num_classes} ({self._protocol.source}), "
-                f"transform={self.transform!r})")
-
-
-def _background_dropping_lut() -> np.ndarray:
-    """VOC 20-class protocol as a 256-entry lookup table: 0 -> 255, k -> k-1, 255 -> 255."""
-    lut = np.arange(-1, 255, dtype=np.int64)
-    lut[0] = IGNORE_INDEX
-    lut[IGNORE_INDEX] = IGNORE_INDEX
-    return lut.astype(np.uint8)
+    @classmethod
+    def from_config(cls, root, split, num_classes, transform):
+        return cls(root, split, num_classes, transform)

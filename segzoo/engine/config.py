@@ -14,57 +14,43 @@ from pathlib import Path
 
 import yaml
 
+from segzoo.datasets import DATASETS
+from segzoo.models import MODELS
+from segzoo.models.backbones import BACKBONES
+from segzoo.registry import Registry
+from segzoo.runtime.config_types import crop_size, non_negative_float, non_negative_int, positive_int, str2bool
 from segzoo.runtime.errors import UserError
-
-TRUE_WORDS = {"true", "1", "yes", "y", "on"}
-FALSE_WORDS = {"false", "0", "no", "n", "off"}
+from segzoo.runtime.losses import LOSS_TYPES
 
 
-def str2bool(text) -> bool:
-    if isinstance(text, bool):
+def _registered(registry: Registry):
+    """An argparse type accepting the registry's names (the message lists them)."""
+    def check(text):
+        if text not in registry:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a known {registry.kind}; use one of "
+                                             f"{', '.join(registry.names())}")
         return text
-    word = str(text).strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    check.__name__ = f"{registry.kind}_name"
+    return check
 
 
-def positive_int(text) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+model_name, backbone_name, dataset_name = _registered(MODELS), _registered(BACKBONES), _registered(DATASETS)
 
 
-def crop_size(text):
-    """513 (square) or "512,1024" / "512x1024" (height, width): an int or a [h, w] list."""
-    if isinstance(text, (list, tuple)):
-        parts = [str(t) for t in text]
-    else:
-        parts = str(text).replace("x", ",").split(",")
-    try:
-        sizes = [positive_int(p.strip()) for p in parts]
-    except argparse.ArgumentTypeError:
-        sizes = []
-    if len(sizes) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"expected a positive integer or HEIGHT,WIDTH, got {text!r}")
-    return sizes[0] if len(sizes) == 1 else sizes
+def add_component_options(p: argparse.ArgumentParser) -> None:
+    """One flag per option a model, backbone or dataset declares (see segzoo.registry), grouped
+    by kind; the help names the components that use it."""
+    for registry in (MODELS, BACKBONES, DATASETS):
+        g = p.add_argument_group(f"{registry.kind} options")
+        for option, owners in registry.all_options():
+            users = ", ".join(owners) if len(owners) <= 4 else f"{len(owners)} {registry.kind}s"
+            g.add_argument(f"--{option.name}", type=option.type, default=option.default, choices=option.choices,
+                           help=f"{option.help} [{users}]")
 
 
-def non_negative_int(text) -> int:
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
+def component_options(args: argparse.Namespace, registry: Registry, name: str) -> dict:
+    """The options component ``name`` of ``registry`` declares, with this run's values."""
+    return {o.name: getattr(args, o.name) for o in registry.get(name).options}
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line instead of the whole usage block."""
@@ -93,12 +79,12 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="data-loader workers per process (default: the machine's cores shared among the processes, at most 8)")
 
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="voc", choices=["voc", "demo"],
-                   help="voc: a VOC-format dataset at --dataset_path; demo: built-in synthetic data (written on first use)")
+    g.add_argument("--dataset", default="voc", type=dataset_name, metavar="NAME",
+                   help="dataset layout: " + "; ".join(f"{e.name}: {e.summary}" for e in DATASETS.entries()))
     g.add_argument("--dataset_path", default=None, help="dataset root (demo: where to write it, default data/demo)")
     g.add_argument("--num_classes", type=positive_int, default=None,
-                   help="21: VOC with background; 20: the original protocol (background ignored); "
-                        "default: the length of class_names.txt, else 20")
+                   help="classes of the protocol (VOC 21 or 20, Pascal Context 60 or 59; "
+                        "default: the dataset's, class_names.txt's length for custom VOC-format data)")
     g.add_argument("--crop_size", type=crop_size, default=513,
                    help="training crop (and eval crop with --crop_val): SIZE or HEIGHT,WIDTH (e.g. 512,1024)")
     g.add_argument("--crop_val", type=str2bool, default=False, help="evaluate on center crops instead of whole images")
@@ -110,20 +96,14 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--blur", type=str2bool, default=False, help="random Gaussian blur")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model_name", default="pspnet", help="pspnet, psanet, ccnet, encnet, deeplabv3")
-    g.add_argument("--backbone", default="resnet50", help="resnet18, resnet34, resnet50, resnet101")
-    g.add_argument("--stem", default="deep", choices=["deep", "plain"],
-                   help="deep: three 3x3 convs (semseg/mmseg v1c); plain: torchvision's 7x7")
-    g.add_argument("--output_stride", type=int, default=8, choices=[8, 16, 32])
-    g.add_argument("--pretrained", default=None, help="local backbone checkpoint (torchvision or semseg layout)")
-    g.add_argument("--aux_weight", type=float, default=0.4, help="weight of the auxiliary FCN head on layer3 (0 = no aux head)")
+    g.add_argument("--model_name", default="pspnet", type=model_name, metavar="NAME",
+                   help="decode head: " + ", ".join(MODELS.names()))
+    g.add_argument("--backbone", default="resnet50", type=backbone_name, metavar="NAME",
+                   help="backbone: " + ", ".join(BACKBONES.names()))
+    g.add_argument("--aux_weight", type=non_negative_float, default=0.4,
+                   help="weight of the auxiliary FCN head's loss (0 = no aux head)")
     g.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier")
-    g.add_argument("--ops_impl", default="auto", choices=["auto", "kernel", "portable"],
-                   help="attention ops of PSANet/CCNet: vendor kernel, portable tensor version, or auto")
-    g.add_argument("--psa_type", default="bi", choices=["collect", "distribute", "bi"], help="PSANet attention")
-    g.add_argument("--psa_compact", type=str2bool, default=False, help="PSANet compact variant (no psamask op)")
-    g.add_argument("--recurrence", type=positive_int, default=2, help="CCNet criss-cross recurrences")
-    g.add_argument("--se_weight", type=float, default=0.2, help="EncNet semantic-encoding loss weight")
+    add_component_options(p)
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epoch", type=positive_int, default=100, help="epochs to train")
@@ -138,7 +118,7 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="--lr_policy step: multiply the lr by 0.1 every STEP epochs (default: epoch // 3)")
     g.add_argument("--poly_power", type=float, default=0.9)
     g.add_argument("--warmup_iters", type=non_negative_int, default=0, help="linear lr warm-up iterations")
-    g.add_argument("--loss_type", default="cross_entropy", choices=["cross_entropy", "focal_loss"])
+    g.add_argument("--loss_type", default="cross_entropy", choices=list(LOSS_TYPES))
     g.add_argument("--focal_gamma", type=float, default=2.0)
 
     g = p.add_argument_group("speed")
@@ -185,6 +165,25 @@ def load_config(path: str) -> dict:
     return values
 
 
+def yaml_to_argv(values: dict, path: str) -> list:
+    """A config mapping as command-line words, so every YAML value is checked exactly as the
+    flag it sets (type, range, choices): no silent truncation of 2.9 into an integer flag."""
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            raise UserError(f"--config {path}: {key} is empty (null); give it a value or remove the line")
+        if isinstance(value, bool):
+            word = str(value)
+        elif isinstance(value, (list, tuple)):
+            word = ",".join(str(v) for v in value)
+        elif isinstance(value, (int, float, str)):
+            word = str(value)
+        else:
+            raise UserError(f"--config {path}: {key} must be a single value or a list, got {type(value).__name__}")
+        argv += [f"--{key}", word]
+    return argv
+
+
 def parse_train_args(argv=None, defaults: dict | None = None) -> argparse.Namespace:
     """Parse train.py's flags: `defaults`, then YAML values, then the command line; then validate."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -192,17 +191,19 @@ def parse_train_args(argv=None, defaults: dict | None = None) -> argparse.Namesp
     if defaults:
         parser.set_defaults(**defaults)
     pre, _ = parser.parse_known_args(argv)
+    yaml_argv = []
     if pre.config:
         values = load_config(pre.config)
         known = {a.dest for a in parser._actions}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known - {"config"})
         if unknown:
             raise UserError(f"--config {pre.config}: unknown key(s) {', '.join(unknown)}")
-        # Run YAML values through each flag's own type so "True" and 0.01 behave as on the command line.
-        actions = {a.dest: a for a in parser._actions}
-        typed = {k: (actions[k].type(v) if actions[k].type and v is not None else v) for k, v in values.items()}
-        parser.set_defaults(**typed)
-    args = parser.parse_args(argv)
+        yaml_argv = yaml_to_argv({k: v for k, v in values.items() if k != "config"}, pre.config)
+        try:
+            parser.parse_args(yaml_argv)
+        except UserError as err:
+            raise UserError(f"--config {pre.config}: {err}") from None
+    args = parser.parse_args(yaml_argv + argv)
     return finalize(args)
 
 
@@ -226,23 +227,13 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--continue_training and --test_only exclude each other")
     if args.test_only and not args.ckpt:
         raise UserError("--test_only True needs --ckpt FILE (the weights to evaluate)")
-    if args.dataset == "voc" and not args.dataset_path:
-        raise UserError("--dataset_path is required for --dataset voc (or use --dataset demo)")
-    if args.dataset == "demo" and not args.dataset_path:
-        args.dataset_path = "data/demo"
+    if not args.dataset_path:
+        default_path = DATASETS.get(args.dataset).extra.get("default_path")
+        if default_path is None:
+            raise UserError(f"--dataset_path is required for --dataset {args.dataset} (or use --dataset demo)")
+        args.dataset_path = default_path
     args.sync_bn = args.sync_bn.lower()
-    check_names(args)
     return args
-
-
-def check_names(args: argparse.Namespace) -> None:
-    """Unknown model/backbone names fail here, before data loading or process start-up."""
-    from segzoo.models import MODELS
-    from segzoo.models.resnet import ARCHS
-    if args.model_name not in MODELS:
-        raise UserError(f"--model_name {args.model_name!r} is not known; use one of {', '.join(MODELS)}")
-    if args.backbone not in ARCHS:
-        raise UserError(f"--backbone {args.backbone!r} is not known; use one of {', '.join(ARCHS)}")
 
 
 def default_workers(local_processes: int) -> int:

@@ -13,44 +13,58 @@ from torch.utils.data import DataLoader
 from segzoo.runtime import distributed as dist
 from segzoo.runtime.errors import UserError
 
+from segzoo.datasets import DATASETS
 from segzoo.datasets.collate import pad_collate
-from segzoo.datasets.demo import ensure_demo_dataset
+from segzoo.engine.config import component_options
 from segzoo.datasets.sampler import SeededDistributedSampler, UnpaddedDistributedSampler
 from segzoo.datasets.transforms import build_train_transform, build_val_transform
-from segzoo.datasets.voc import CLASS_NAMES_FILE, VOCSegmentation, find_voc_root
+from segzoo.datasets.voc import CLASS_NAMES_FILE, find_voc_root
 
 # The original launcher's default class count for VOC data without class_names.txt.
 ORIGINAL_DEFAULT_CLASSES = 20
 
 
-def default_num_classes(root: str, ckpt: dict | None) -> int | None:
-    """--num_classes when not given: class_names.txt's length (None lets the dataset infer it),
-    else the checkpoint's (test/resume: picks the 20 or 21 class VOC protocol), else the
-    original's 20-class protocol. class_names.txt comes first because it is authoritative: a
+def default_num_classes(args, root: Path, ckpt: dict | None) -> int | None:
+    """--num_classes when not given. VOC layout: class_names.txt's length (None lets the dataset
+    infer it), else the checkpoint's (test/resume: picks the 20 or 21 class VOC protocol), else
+    the original's 20-class protocol. class_names.txt comes first because it is authoritative: a
     checkpoint of another class count is then refused by check_compatible, naming --ckpt,
-    instead of the dataset blaming a --num_classes the user never passed."""
-    if (find_voc_root(root) / CLASS_NAMES_FILE).is_file():
-        return None
+    instead of the dataset blaming a --num_classes the user never passed. Other datasets: the
+    checkpoint's, else the dataset's default protocol."""
+    if args.dataset in ("voc", "demo"):
+        if (find_voc_root(root) / CLASS_NAMES_FILE).is_file():
+            return None
+        if ckpt is not None and ckpt.get("num_classes"):
+            return int(ckpt["num_classes"])
+        return ORIGINAL_DEFAULT_CLASSES
     if ckpt is not None and ckpt.get("num_classes"):
         return int(ckpt["num_classes"])
-    return ORIGINAL_DEFAULT_CLASSES
+    return None
+
+
+def build_dataset(args, split: str, num_classes: int | None, transform):
+    """One split of the dataset ``--dataset`` names, with the options it declares."""
+    entry = DATASETS.get(args.dataset)
+    return entry.obj.from_config(args.dataset_path, split, num_classes, transform,
+                                 **component_options(args, DATASETS, args.dataset))
 
 
 def build_datasets(args, info, ckpt: dict | None = None):
     """(train_set or None under --test_only, val_set)."""
     root = Path(args.dataset_path)
-    if args.dataset == "demo":
+    prepare = DATASETS.get(args.dataset).extra.get("prepare")
+    if prepare is not None:  # e.g. the demo data, written once by the main rank
         if info.is_main:
-            ensure_demo_dataset(root)
+            prepare(root)
         dist.barrier()
-    num_classes = args.num_classes if args.num_classes is not None else default_num_classes(root, ckpt)
+    num_classes = args.num_classes if args.num_classes is not None else default_num_classes(args, root, ckpt)
     val_crop = args.crop_size if args.crop_val else None
-    val_set = VOCSegmentation(root, "val", num_classes, transform=build_val_transform(val_crop))
+    val_set = build_dataset(args, "val", num_classes, build_val_transform(val_crop))
     if args.test_only:
         return None, val_set
     train_tf = build_train_transform(args.crop_size, scale=(args.scale_min, args.scale_max), rotate=args.rotate,
                                      blur=args.blur)
-    train_set = VOCSegmentation(root, "train", val_set.num_classes, transform=train_tf)
+    train_set = build_dataset(args, "train", val_set.num_classes, train_tf)
     return train_set, val_set
 
 

@@ -8,17 +8,20 @@ import argparse
 
 import torch
 
-from segzoo.models import build_model
+from segzoo.engine.config import component_options
+from segzoo.models import MODELS, build_model
+from segzoo.models.backbones import BACKBONES
 from segzoo.runtime.checkpoint import check_compatible, load_model_weights
 from segzoo.runtime.errors import UserError
 
 
 def model_from_args(args: argparse.Namespace, num_classes: int, pretrained: str | None = None) -> torch.nn.Module:
-    """The segmentor the flags describe (on the cpu, randomly initialised unless `pretrained`)."""
-    return build_model(args.model_name, num_classes, backbone=args.backbone, output_stride=args.output_stride,
-                       stem=args.stem, pretrained=pretrained, aux=args.aux_weight > 0, dropout=args.dropout,
-                       crop_size=args.crop_size, ops_impl=args.ops_impl, psa_type=args.psa_type,
-                       psa_compact=args.psa_compact, recurrence=args.recurrence)
+    """The segmentor the flags describe (on the cpu, randomly initialised unless `pretrained`):
+    the model and backbone each get the options they declare."""
+    options = {**component_options(args, MODELS, args.model_name), **component_options(args, BACKBONES, args.backbone)}
+    options["pretrained"] = pretrained
+    return build_model(args.model_name, num_classes, backbone=args.backbone, aux=args.aux_weight > 0,
+                       dropout=args.dropout, crop_size=args.crop_size, **options)
 
 
 def use_sync_bn(args, info, device) -> bool:

@@ -10,10 +10,6 @@ as the training loop does:
     scaler.scale(loss).backward()
     scaler.step(optimizer); scaler.update(); scheduler.step()
 
-train.py wiring (proposed): ``step = make_train_step(model, bare, args, num_classes, device, iters)``
-before the resume block (which loads ``step.optimizer`` / ``step.scheduler`` / ``step.scaler``),
-and in ``train_one_epoch`` the loop body becomes
-``loss = step(*to_device_batch(images, targets, device, args.channels_last))``.
 """
 from __future__ import annotations
 
@@ -109,8 +105,8 @@ def make_train_step(model: torch.nn.Module, bare_model: torch.nn.Module, args, n
         iters_per_epoch: the scheduler's unit; the schedule spans ``args.epoch`` epochs of it.
     """
     amp = amp_settings(args, device)
-    criterion = SegmentationCriterion(num_classes, args.loss_type, args.aux_weight, args.se_weight,
-                                      args.focal_gamma)
+    criterion = SegmentationCriterion(num_classes, args.loss_type, args.aux_weight, args.focal_gamma,
+                                      extra_losses=bare_model.extra_losses)
     optimizer = build_optimizer(bare_model, args, fused=device.supports_fused_optimizer())
     scheduler = build_scheduler(optimizer, args, iters_per_epoch)
     # Only fp16 needs loss scaling: bf16 has fp32's exponent range.

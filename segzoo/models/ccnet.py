@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from segzoo.models.heads import ConvBNReLU, DecodeHead, make_aux_head
-from segzoo.models.segmentor import EncoderDecoder, build_encoder
+from torch import nn
+
+from segzoo.models import MODELS
+from segzoo.models.heads import ConvBNReLU, DecodeHead, main_input
 from segzoo.ops import CrissCrossAttention
+from segzoo.ops.options import OPS_IMPL
+from segzoo.registry import Option
+from segzoo.runtime.config_types import positive_int
 
 
 class RCCAHead(DecodeHead):
@@ -38,9 +43,10 @@ class RCCAHead(DecodeHead):
         return self.bottleneck(torch.cat([x, out], dim=1))
 
 
-def build_ccnet(num_classes: int, *, backbone: str, output_stride: int, stem: str, pretrained: str | None,
-                aux: bool, dropout: float, recurrence: int = 2, ops_impl: str = "auto") -> EncoderDecoder:
-    """CCNet (the seed uses ResNet-101 OS8 at 769x769, R=2) with the FCN aux head on layer3."""
-    encoder = build_encoder(backbone, output_stride, stem, pretrained)
-    head = RCCAHead(encoder.out_channels[-1], 512, num_classes, dropout, recurrence=recurrence, ops_impl=ops_impl)
-    return EncoderDecoder(encoder, head, make_aux_head(encoder.out_channels, num_classes, dropout) if aux else None)
+@MODELS.register("ccnet", options=[Option("recurrence", positive_int, 2, "CCNet criss-cross recurrences"), OPS_IMPL],
+                 summary="CCNet, recurrent criss-cross attention (Huang et al., ICCV 2019)")
+def build_ccnet(backbone: nn.Module, num_classes: int, *, dropout: float, recurrence: int = 2,
+                ops_impl: str = "auto") -> RCCAHead:
+    """CCNet's head (the seed uses ResNet-101 OS8 at 769x769, R=2)."""
+    in_channels, index = main_input(backbone)
+    return RCCAHead(in_channels, 512, num_classes, dropout, in_index=index, recurrence=recurrence, ops_impl=ops_impl)

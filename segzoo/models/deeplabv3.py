@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from segzoo.models.heads import ConvBNReLU, DecodeHead, make_aux_head
-from segzoo.models.segmentor import EncoderDecoder, build_encoder
+from segzoo.models import MODELS
+from segzoo.models.heads import ConvBNReLU, DecodeHead, main_input
 
 
 def atrous_rates_for(output_stride: int) -> tuple[int, int, int]:
@@ -67,11 +67,10 @@ class ASPPHead(DecodeHead):
         return self.bottleneck(self.aspp(x))
 
 
-def build_deeplabv3(num_classes: int, *, backbone: str, output_stride: int, stem: str, pretrained: str | None,
-                    aux: bool, dropout: float, atrous_rates: Sequence[int] | None = None) -> EncoderDecoder:
-    """DeepLabV3 (256-channel ASPP head) with the FCN aux head on layer3; ``atrous_rates``
-    defaults to ``atrous_rates_for(output_stride)``. See ``models.build_model``."""
-    encoder = build_encoder(backbone, output_stride, stem, pretrained)
-    rates = atrous_rates if atrous_rates is not None else atrous_rates_for(output_stride)
-    head = ASPPHead(encoder.out_channels[-1], 256, num_classes, dropout, rates=rates)
-    return EncoderDecoder(encoder, head, make_aux_head(encoder.out_channels, num_classes, dropout) if aux else None)
+@MODELS.register("deeplabv3", summary="DeepLabV3, atrous spatial pyramid pooling (Chen et al., 2017)")
+def build_deeplabv3(backbone: nn.Module, num_classes: int, *, dropout: float) -> ASPPHead:
+    """DeepLabV3's head (256-channel ASPP) with the paper's rates scaled to the backbone's
+    reduction at the main feature (``atrous_rates_for``)."""
+    in_channels, index = main_input(backbone)
+    rates = atrous_rates_for(backbone.feature_info[index].reduction)
+    return ASPPHead(in_channels, 256, num_classes, dropout, in_index=index, rates=rates)

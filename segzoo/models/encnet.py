@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segzoo.models.heads import ConvBNReLU, DecodeHead, make_aux_head
-from segzoo.models.segmentor import EncoderDecoder, build_encoder
+from segzoo.models import MODELS
+from segzoo.models.heads import ConvBNReLU, DecodeHead, main_input
+from segzoo.registry import Option
+from segzoo.runtime.config_types import non_negative_float, positive_int
 
 
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
@@ -84,15 +86,24 @@ class EncHead(DecodeHead):
     predicts which classes occur in the image (its loss is binary cross-entropy, computed by
     the trainer).
 
-    Returns {"out": (N, K, h, w) logits, "se": (N, K) logits} ("se" only with ``use_se_loss``).
+    Returns {"out": (N, K, h, w) logits, "se": (N, K) logits} ("se" only with ``se_weight`` > 0);
+    ``extra_losses`` turns "se" into the weighted semantic-encoding loss,
+    se_weight * BCE(se, classes present in the label).
     """
 
     def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1,
-                 in_index: int = -1, num_codes: int = 32, use_se_loss: bool = True):
+                 in_index: int = -1, num_codes: int = 32, se_weight: float = 0.2):
         super().__init__(in_channels, channels, num_classes, dropout, in_index)
+        self.num_classes, self.se_weight = num_classes, se_weight
         self.bottleneck = ConvBNReLU(in_channels, channels, 3)
         self.enc = EncModule(channels, num_codes)
-        self.se_classifier = nn.Linear(channels, num_classes) if use_se_loss else None
+        self.se_classifier = nn.Linear(channels, num_classes) if se_weight > 0 else None
+
+    def extra_losses(self, outputs: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        if "se" not in outputs:
+            return {}
+        presence = class_presence(target, self.num_classes)
+        return {"se": self.se_weight * F.binary_cross_entropy_with_logits(outputs["se"].float(), presence)}
 
     def forward(self, features: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         # Overrides DecodeHead.forward: the encoded context feeds a second output.
@@ -103,11 +114,23 @@ class EncHead(DecodeHead):
         return result
 
 
-def build_encnet(num_classes: int, *, backbone: str, output_stride: int, stem: str, pretrained: str | None,
-                 aux: bool, dropout: float, num_codes: int = 32, use_se_loss: bool = True) -> EncoderDecoder:
-    """EncNet (512-channel head, 32 codewords) with the FCN aux head on layer3; its
-    training-mode output adds "se" (N, K). See ``models.build_model``."""
-    encoder = build_encoder(backbone, output_stride, stem, pretrained)
-    head = EncHead(encoder.out_channels[-1], 512, num_classes, dropout, num_codes=num_codes,
-                   use_se_loss=use_se_loss)
-    return EncoderDecoder(encoder, head, make_aux_head(encoder.out_channels, num_classes, dropout) if aux else None)
+def class_presence(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, K) float: 1 where class k occurs in image n (ignored pixels do not count)."""
+    n = target.shape[0]
+    flat = target.reshape(n, -1).long()
+    valid = flat < num_classes
+    # one scatter per batch, no Python loop over images
+    presence = torch.zeros(n, num_classes + 1, device=target.device)
+    presence.scatter_(1, torch.where(valid, flat, num_classes), 1.0)
+    return presence[:, :num_classes]
+
+
+@MODELS.register("encnet", options=[
+    Option("se_weight", non_negative_float, 0.2, "EncNet semantic-encoding loss weight (0 = no SE branch)"),
+    Option("num_codes", positive_int, 32, "EncNet codewords"),
+], summary="EncNet, context encoding + SE loss (Zhang et al., CVPR 2018)")
+def build_encnet(backbone: nn.Module, num_classes: int, *, dropout: float, num_codes: int = 32,
+                 se_weight: float = 0.2) -> EncHead:
+    """EncNet's head (512 channels, 32 codewords); its training-mode output adds "se" (N, K)."""
+    in_channels, index = main_input(backbone)
+    return EncHead(in_channels, 512, num_classes, dropout, in_index=index, num_codes=num_codes, se_weight=se_weight)

@@ -7,6 +7,7 @@ of stage outputs and returns logits (N, num_classes, h, w) at the resolution of 
 reads, or a dict with those logits under "out" plus head-specific extras (EncNet's "se").
 A new head subclasses ``DecodeHead`` and implements ``forward_features`` (feature of stage
 ``in_index`` -> (N, channels, h, w)); the classifier is applied by the base class.
+``main_input(backbone)`` gives the (in_channels, in_index) a head reads from a backbone.
 """
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def main_input(backbone: nn.Module) -> tuple[int, int]:
+    """(channels, index) of the feature a decode head reads, from the backbone's contract."""
+    index = backbone.main_index
+    return backbone.feature_info[index].channels, index
 
 
 class ConvBNReLU(nn.Sequential):
@@ -87,13 +94,3 @@ class FCNHead(DecodeHead):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
-
-
-AUX_STAGE = 2  # layer3, as PSPNet and mmseg: deep enough to be semantic, early enough to help
-AUX_CHANNELS = 256
-
-
-def make_aux_head(stage_channels: Sequence[int], num_classes: int, dropout: float = 0.1) -> FCNHead:
-    """The auxiliary FCN head on layer3 shared by every model (its loss weight, e.g. 0.4, is
-    the trainer's business). ``stage_channels`` is the backbone's ``out_channels``."""
-    return FCNHead(stage_channels[AUX_STAGE], AUX_CHANNELS, num_classes, dropout, in_index=AUX_STAGE)

@@ -15,10 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segzoo.models.heads import ConvBNReLU, DecodeHead, make_aux_head, resize
-from segzoo.models.segmentor import EncoderDecoder, build_encoder
+from segzoo.models import MODELS
+from segzoo.models.heads import ConvBNReLU, DecodeHead, main_input, resize
 from segzoo.ops import psa_mask
-from segzoo.runtime.errors import UserError
+from segzoo.ops.options import OPS_IMPL
+from segzoo.registry import Option
+from segzoo.runtime.config_types import str2bool
+from segzoo.runtime.errors import OptionError, UserError
 
 PSA_TYPES = ("collect", "distribute", "bi")
 
@@ -83,7 +86,7 @@ class PSAHead(DecodeHead):
                  shrink_factor: int = 2, ops_impl: str = "auto"):
         super().__init__(in_channels, channels, num_classes, dropout, in_index)
         if psa_type not in PSA_TYPES:
-            raise UserError(f"--psa_type {psa_type!r} is not known; use one of {', '.join(PSA_TYPES)}")
+            raise OptionError("psa_type", psa_type, f"is not known; use one of {', '.join(PSA_TYPES)}")
         modes = ("collect", "distribute") if psa_type == "bi" else (psa_type,)
         self.branches = nn.ModuleList(PSABranch(in_channels, channels, m, mask, compact, shrink_factor, ops_impl)
                                       for m in modes)
@@ -95,15 +98,19 @@ class PSAHead(DecodeHead):
         return self.bottleneck(torch.cat([x, self.project(attended)], dim=1))
 
 
-def build_psanet(num_classes: int, *, backbone: str, output_stride: int, stem: str, pretrained: str | None,
-                 aux: bool, dropout: float, crop_size=513, psa_type: str = "bi", psa_compact: bool = False,
-                 shrink_factor: int = 2, ops_impl: str = "auto") -> EncoderDecoder:
-    """PSANet with the mask size derived from the training crop: (2h-1, 2w-1) for the shrunk
-    feature map h x w (127x63 for a 1024x512 crop at OS8), or (h, w) for the compact variant."""
+@MODELS.register("psanet", options=[
+    Option("psa_type", str, "bi", "PSANet attention: collect, distribute or bi", choices=PSA_TYPES),
+    Option("psa_compact", str2bool, False, "PSANet compact variant (no psamask op; fixed input size)"),
+    OPS_IMPL,
+], summary="PSANet, point-wise spatial attention (Zhao et al., ECCV 2018)")
+def build_psanet(backbone: nn.Module, num_classes: int, *, dropout: float, crop_size=513, psa_type: str = "bi",
+                 psa_compact: bool = False, shrink_factor: int = 2, ops_impl: str = "auto") -> PSAHead:
+    """PSANet's head with the mask size derived from the training crop: (2h-1, 2w-1) for the
+    shrunk feature map h x w (127x63 for a 1024x512 crop at OS8), or (h, w) for the compact variant."""
+    in_channels, index = main_input(backbone)
+    reduction = backbone.feature_info[index].reduction
     crop_h, crop_w = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
-    h, w = shrunk_size(crop_h, output_stride, shrink_factor), shrunk_size(crop_w, output_stride, shrink_factor)
+    h, w = shrunk_size(crop_h, reduction, shrink_factor), shrunk_size(crop_w, reduction, shrink_factor)
     mask = (h, w) if psa_compact else (2 * h - 1, 2 * w - 1)
-    encoder = build_encoder(backbone, output_stride, stem, pretrained)
-    head = PSAHead(encoder.out_channels[-1], 512, num_classes, dropout, psa_type=psa_type, mask=mask,
+    return PSAHead(in_channels, 512, num_classes, dropout, in_index=index, psa_type=psa_type, mask=mask,
                    compact=psa_compact, shrink_factor=shrink_factor, ops_impl=ops_impl)
-    return EncoderDecoder(encoder, head, make_aux_head(encoder.out_channels, num_classes, dropout) if aux else None)

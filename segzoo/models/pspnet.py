@@ -6,8 +6,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from segzoo.models.heads import ConvBNReLU, DecodeHead, make_aux_head, resize
-from segzoo.models.segmentor import EncoderDecoder, build_encoder
+from segzoo.models import MODELS
+from segzoo.models.heads import ConvBNReLU, DecodeHead, main_input, resize
+from segzoo.registry import Option
+from segzoo.runtime.config_types import int_list
 
 
 class PyramidPooling(nn.Module):
@@ -44,9 +46,10 @@ class PPMHead(DecodeHead):
         return self.bottleneck(self.ppm(x))
 
 
-def build_pspnet(num_classes: int, *, backbone: str, output_stride: int, stem: str, pretrained: str | None,
-                 aux: bool, dropout: float, bins: Sequence[int] = (1, 2, 3, 6)) -> EncoderDecoder:
-    """PSPNet (512-channel head) with the FCN aux head on layer3; see ``models.build_model``."""
-    encoder = build_encoder(backbone, output_stride, stem, pretrained)
-    head = PPMHead(encoder.out_channels[-1], 512, num_classes, dropout, bins=bins)
-    return EncoderDecoder(encoder, head, make_aux_head(encoder.out_channels, num_classes, dropout) if aux else None)
+@MODELS.register("pspnet", options=[Option("bins", int_list, (1, 2, 3, 6), "PSPNet pyramid pooling bins")],
+                 summary="PSPNet, pyramid pooling (Zhao et al., CVPR 2017)")
+def build_pspnet(backbone: nn.Module, num_classes: int, *, dropout: float,
+                 bins: Sequence[int] = (1, 2, 3, 6)) -> PPMHead:
+    """PSPNet's head (512 channels) on the backbone's main feature."""
+    in_channels, index = main_input(backbone)
+    return PPMHead(in_channels, 512, num_classes, dropout, in_index=index, bins=tuple(bins))

@@ -1,27 +1,25 @@
 """Backbone + decode head (+ auxiliary head) as one module; the loss stays outside."""
 from __future__ import annotations
 
-import logging
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from segzoo.models.heads import resize
-from segzoo.models.pretrained import load_backbone_weights
-from segzoo.models.resnet import ResNet, build_resnet
+from segzoo.models.heads import FCNHead, resize
 
-log = logging.getLogger(__name__)
+AUX_CHANNELS = 256
 
 
 class EncoderDecoder(nn.Module):
     """Semantic segmentor.
 
     Args:
-        backbone: returns a list of stage features (``ResNet``).
-        decode_head: ``DecodeHead``-like; returns logits or a dict {"out": logits, **extras}.
-        aux_head: optional head on an intermediate stage (layer3 by default, see
-            ``segzoo.models.heads.make_aux_head``), run in training mode only.
+        backbone: returns a list of stage features and describes them (see
+            ``segzoo.models.backbones``: ``feature_info``, ``main_index``, ``aux_index``).
+        decode_head: reads the features it needs; returns logits or {"out": logits, **extras}.
+        aux_head: optional head on the backbone's ``aux_index`` feature (``make_aux_head``),
+            run in training mode only.
 
     ``forward(x)`` with x (N, 3, H, W), any H and W, returns a dict:
         "out": (N, K, H, W) logits, bilinearly upsampled (align_corners=False) to the input;
@@ -50,6 +48,11 @@ class EncoderDecoder(nn.Module):
             result.update(extras)
         return result
 
+    def extra_losses(self, outputs: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The decode head's own weighted loss terms (EncNet's SE loss), {} for most heads."""
+        own = getattr(self.decode_head, "extra_losses", None)
+        return own(outputs, target) if own is not None else {}
+
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         """Pretrained trunk: optimizers usually give it the base learning rate."""
         return self.backbone.parameters()
@@ -60,10 +63,9 @@ class EncoderDecoder(nn.Module):
         return (p for p in self.parameters() if id(p) not in backbone_ids)
 
 
-def build_encoder(backbone: str, output_stride: int, stem: str, pretrained: str | None) -> ResNet:
-    """The backbone every model builder starts from, with ImageNet weights from the local file
-    ``pretrained`` (``--pretrained``) when given."""
-    encoder = build_resnet(backbone, output_stride=output_stride, stem=stem)
-    if pretrained:
-        log.info("%s", load_backbone_weights(encoder, pretrained))
-    return encoder
+def make_aux_head(backbone: nn.Module, num_classes: int, dropout: float = 0.1) -> FCNHead:
+    """The auxiliary FCN head every model shares (PSPNet and mmseg put it on ResNet's layer3:
+    deep enough to be semantic, early enough to help); it reads the backbone's ``aux_index``
+    feature. Its loss weight (e.g. 0.4) is the criterion's business."""
+    index = backbone.aux_index
+    return FCNHead(backbone.feature_info[index].channels, AUX_CHANNELS, num_classes, dropout, in_index=index)

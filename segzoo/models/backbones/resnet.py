@@ -2,18 +2,24 @@
 DeepLab, Chen et al. 2017, and PSPNet, Zhao et al. CVPR 2017).
 
 Parameter names follow torchvision (plain stem) and hszhao/semseg (deep stem) exactly, so
-their ImageNet checkpoints load one to one (see ``segzoo.models.pretrained``). There is no fc layer:
+their ImageNet checkpoints load one to one (see ``segzoo.models.backbones.resnet_weights``). There is no fc layer:
 the forward pass returns the four stage outputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Type, Union
+
+import logging
 
 import torch
 from torch import nn
 
-from segzoo.runtime.errors import UserError
+from segzoo.models.backbones import BACKBONES, OUTPUT_STRIDE, PRETRAINED, StageInfo
+from segzoo.registry import Option
+from segzoo.runtime.config_types import str2bool
+from segzoo.runtime.errors import OptionError
+
+log = logging.getLogger(__name__)
 
 STEMS = ("deep", "plain")
 OUTPUT_STRIDES = (8, 16, 32)
@@ -92,16 +98,6 @@ ARCHS: dict[str, tuple[Block, tuple[int, int, int, int]]] = {
 }
 
 
-@dataclass(frozen=True)
-class StageInfo:
-    """What a head needs to know about one backbone stage output."""
-
-    name: str  # module name, "layer1".."layer4"
-    channels: int
-    reduction: int  # input size / feature size
-    dilation: int
-
-
 class ResNet(nn.Module):
     """ResNet trunk returning ``[layer1, layer2, layer3, layer4]`` outputs.
 
@@ -130,9 +126,9 @@ class ResNet(nn.Module):
                  stem: str = "deep", contract_dilation: bool = True, zero_init_residual: bool = False):
         super().__init__()
         if output_stride not in OUTPUT_STRIDES:
-            raise UserError(f"--output_stride {output_stride} is not supported; use one of {OUTPUT_STRIDES}")
+            raise OptionError("output_stride", output_stride, f"is not supported; use one of {OUTPUT_STRIDES}")
         if stem not in STEMS:
-            raise UserError(f"--stem {stem!r} is not supported; use one of {STEMS}")
+            raise OptionError("stem", stem, f"is not supported; use one of {STEMS}")
         self.stem = stem
         self.output_stride = output_stride
 
@@ -165,6 +161,7 @@ class ResNet(nn.Module):
             self.add_module(name, self._make_stage(block, planes, blocks, stride, dilation, first_dilation))
             self.feature_info.append(StageInfo(name, planes * block.expansion, reduction, dilation))
 
+        self.main_index, self.aux_index = 3, 2  # layer4 for the decode head, layer3 for the aux head
         self._init_weights(zero_init_residual)
 
     def _make_stage(self, block: Block, planes: int, blocks: int, stride: int, dilation: int,
@@ -210,10 +207,31 @@ class ResNet(nn.Module):
         return features
 
 
-def build_resnet(name: str, output_stride: int = 8, stem: str = "deep", **kwargs) -> ResNet:
+RESNET_OPTIONS = (
+    OUTPUT_STRIDE,
+    PRETRAINED,
+    Option("stem", str, "deep", "ResNet stem: deep = three 3x3 convs 64-64-128 (semseg); plain = torchvision's 7x7",
+           choices=STEMS),
+    Option("contract_dilation", str2bool, True,
+           "ResNet: first block of a dilated stage keeps the previous dilation (torchvision, mmseg); "
+           "False dilates every block fully (hszhao/semseg, the PSPNet/PSANet/CCNet authors)"),
+)
+
+
+def build_resnet(name: str, output_stride: int = 8, stem: str = "deep", pretrained: str | None = None,
+                 **kwargs) -> ResNet:
     """ResNet trunk by name ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152");
-    ``kwargs`` go to ``ResNet`` (contract_dilation, zero_init_residual)."""
+    ``kwargs`` go to ``ResNet`` (contract_dilation, zero_init_residual). ``pretrained``: a local
+    torchvision- or semseg-layout ImageNet file (see ``resnet_weights``)."""
     if name not in ARCHS:
-        raise UserError(f"--backbone {name!r} is not known; use one of {', '.join(ARCHS)}")
+        raise OptionError("backbone", name, f"is not a ResNet; use one of {', '.join(ARCHS)}")
     block, layers = ARCHS[name]
-    return ResNet(block, layers, output_stride=output_stride, stem=stem, **kwargs)
+    model = ResNet(block, layers, output_stride=output_stride, stem=stem, **kwargs)
+    if pretrained:
+        from segzoo.models.backbones.resnet_weights import load_backbone_weights
+        log.info("%s", load_backbone_weights(model, pretrained))
+    return model
+
+
+for _arch in ARCHS:
+    BACKBONES.register(_arch, options=RESNET_OPTIONS, summary="dilated ResNet (He et al., CVPR 2016)")(build_resnet)
