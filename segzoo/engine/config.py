@@ -15,6 +15,9 @@ from pathlib import Path
 import yaml
 
 from segzoo.datasets import DATASETS
+from segzoo.engine.evaluate import add_eval_args
+from segzoo.engine.outputs import add_output_args
+from segzoo.engine.schedule import add_schedule_args
 from segzoo.models import MODELS
 from segzoo.models.backbones import BACKBONES
 from segzoo.registry import Registry
@@ -120,6 +123,10 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--warmup_iters", type=non_negative_int, default=0, help="linear lr warm-up iterations")
     g.add_argument("--loss_type", default="cross_entropy", choices=list(LOSS_TYPES))
     g.add_argument("--focal_gamma", type=float, default=2.0)
+
+    add_schedule_args(p)
+    add_eval_args(p)
+    add_output_args(p)
 
     g = p.add_argument_group("speed")
     g.add_argument("--autocast", type=str2bool, default=False,
