@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from segzoo.engine.data import build_datasets, build_loaders
+from segzoo.engine.evaluate import evaluate, report_evaluation
 from segzoo.runtime import distributed as dist
 from segzoo.runtime.checkpoint import (FORMAT, check_resumable, check_work_dir, checkpoint_names, load_checkpoint,
                                 save_checkpoint, unwrap)
@@ -31,7 +32,6 @@ from segzoo.runtime.device import Device
 from segzoo.runtime.errors import UserError, exit_with
 from segzoo.runtime.losses import SegmentationCriterion
 from segzoo.runtime.meters import ThroughputMeter, format_eta
-from segzoo.runtime.metrics import ConfusionMatrix, format_table, results_to_json, save_json
 from segzoo.runtime.run_logger import Verbosity, create_logger
 from segzoo.engine.setup import check_batch_norm_batch, setup_model, wrap_model
 from segzoo.engine.step import TrainStep, amp_settings, make_train_step, to_device_batch
@@ -92,48 +92,6 @@ def train_one_epoch(step: TrainStep, loader, device, epoch: int, state: dict, ar
         loss_sum.zero_()
         interval_iters, interval_data_time = 0, 0.0
         interval_start = batch_end = time.perf_counter()
-
-
-@torch.inference_mode()
-def evaluate(model, loader, device, amp: dict, criterion: SegmentationCriterion, args) -> dict:
-    """Confusion matrix over the whole validation set, each sample counted once over all ranks."""
-    model.eval()
-    confmat = ConfusionMatrix(criterion.num_classes, device.torch_device)
-    loss_sum = torch.zeros((), device=device.torch_device)
-    count = torch.zeros((), device=device.torch_device)
-    start = time.perf_counter()
-    for images, targets in loader:
-        images, targets = to_device_batch(images, targets, device, args.channels_last)
-        with device.autocast(amp["enabled"], amp["dtype"]):
-            logits = model(images)["out"]
-        loss_sum += criterion.pixel_loss(logits.float(), targets) * images.shape[0]
-        count += images.shape[0]
-        confmat.update(targets, logits.argmax(1))
-    confmat.reduce_from_all_processes()
-    totals = dist.all_reduce_sum(torch.stack([loss_sum, count]))
-    device.synchronize()
-    seconds = time.perf_counter() - start
-    results = confmat.compute()
-    loss_total, images_total = totals.tolist()
-    results["loss"] = loss_total / max(images_total, 1)
-    results["images"] = int(images_total)
-    results["ips"] = images_total / max(seconds, 1e-9)
-    results["confusion_matrix"] = confmat.mat.cpu()
-    return results
-
-
-def report_evaluation(results: dict, class_names, path: Path, logger, step, info) -> None:
-    log0(info, format_table(results, class_names))
-    log0(info, f"val: {results['images']} images, loss {results['loss']:.4f}, {results['ips']:.1f} img/s")
-    if info.is_main:
-        record = results_to_json(results, class_names)
-        record.update(loss=results["loss"], images=results["images"],
-                      confusion_matrix=results["confusion_matrix"].tolist())
-        save_json(path, record)
-    logger.log(step=step, data={"val.loss": results["loss"], "val.ips": results["ips"],
-                                "val.mIoU": results["mean_iou"], "val.overall_acc": results["overall_acc"],
-                                "val.mean_acc": results["mean_acc"], "val.freqw_acc": results["freqw_acc"]},
-               verbosity=Verbosity.VERBOSE)
 
 
 # ------------------------------------------------------------------------------------------
