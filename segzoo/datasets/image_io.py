@@ -1,22 +1,19 @@
-"""Reading images and label PNGs with OpenCV, with every failure turned into a one-line
-UserError that names the file.
+"""Reading images and label PNGs, with every failure turned into a one-line UserError that
+names the file.
 
-Palette ('P' mode) PNGs: OpenCV always expands the palette to colours (``IMREAD_UNCHANGED``
-returns an (H, W, 3) BGR array; checked with opencv 4.x and 5.0), so the class index would
-be lost. Instead of a second imaging dependency or a pure-Python PNG decoder (unfiltering
-is sequential per row, far too slow for a data loader), we hand OpenCV the same PNG with
-its PLTE chunk swapped for the identity grey ramp (entry i = (i, i, i)) and decode it as
-grey: every pixel then decodes to its palette index. The compressed image data is passed
-through untouched (original CRCs included, so libpng still detects corruption). The
-tests check this for all 256 indices and for 1/2/4/8-bit palettes.
+Images: OpenCV (its JPEG decoder is the faster one), with the EXIF orientation tag ignored:
+labels carry no such tag, so honouring it would rotate an image away from its label.
+Labels: Pillow, which reads palette ('P') PNGs as their indices - the class ids - and 8- or
+16-bit grey PNGs as their values (OpenCV expands palettes to colours, losing the ids).
 """
+import io
 import struct
-import zlib
 from pathlib import Path
 from typing import NamedTuple, Union
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from segzoo.runtime.errors import UserError
 
@@ -58,29 +55,27 @@ def png_header(data: bytes, path: PathLike) -> PngHeader:
     return PngHeader(width, height, bit_depth, color_type)
 
 
-def _png_chunks(data: bytes, path: PathLike):
-    """Yield (type, start, end) of each chunk, where data[start:end] is the whole chunk
-    (length, type, payload, CRC). UserError if the chunk structure is cut short."""
-    pos = len(PNG_SIGNATURE)
-    while pos < len(data):
-        if pos + 12 > len(data):
-            break
-        (length,) = struct.unpack_from(">I", data, pos)
-        end = pos + 12 + length
-        if end > len(data):
-            break
-        chunk_type = data[pos + 4:pos + 8]
-        yield chunk_type, pos, end
-        if chunk_type == b"IEND":
-            return
-        pos = end
-    raise UserError(f"{path} is truncated or corrupt (PNG chunks end before IEND); "
-                    "re-create or re-download this file")
+def _open_png(data: bytes, path: PathLike) -> np.ndarray:
+    """PNG bytes -> the array Pillow decodes (indices for palette PNGs); UserError if corrupt."""
+    if data.rfind(b"IEND") < 0:  # Pillow decodes a file cut inside its last chunk without complaint
+        raise UserError(f"{path} is truncated or corrupt (no IEND chunk); re-create or re-download this file")
+    try:
+        with Image.open(io.BytesIO(data)) as png:
+            png.load()
+            if png.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return np.array(png, dtype=np.int64)
+            if png.mode == "1":
+                return np.array(png.convert("L"))
+            return np.array(png)  # a writable copy: torch.from_numpy warns on read-only arrays
+    except (OSError, SyntaxError, ValueError) as e:
+        what = "truncated or corrupt" if "truncated" in str(e).lower() or "broken" in str(e).lower() else "unreadable"
+        raise UserError(f"{path} is a {what} PNG ({str(e).splitlines()[0][:80]}); "
+                        "re-create or re-download this file") from None
 
 
-def _chunk(chunk_type: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(chunk_type + payload)
-    return struct.pack(">I", len(payload)) + chunk_type + payload + struct.pack(">I", crc)
+def decode_palette_indices(data: bytes, path: PathLike) -> np.ndarray:
+    """Palette PNG bytes -> (H, W) uint8 array of palette indices."""
+    return np.ascontiguousarray(_open_png(data, path), dtype=np.uint8)
 
 
 def _decode(data: bytes, flags: int, path: PathLike, what: str) -> np.ndarray:
@@ -91,27 +86,12 @@ def _decode(data: bytes, flags: int, path: PathLike, what: str) -> np.ndarray:
     return array
 
 
-def decode_palette_indices(data: bytes, path: PathLike) -> np.ndarray:
-    """Palette PNG bytes -> (H, W) uint8 array of palette indices (see module docstring)."""
-    parts = [PNG_SIGNATURE]
-    for chunk_type, start, end in _png_chunks(data, path):
-        if chunk_type == b"PLTE":
-            num_entries = (end - start - 12) // 3
-            grey_ramp = np.repeat(np.arange(num_entries, dtype=np.uint8), 3).tobytes()
-            parts.append(_chunk(b"PLTE", grey_ramp))
-        elif chunk_type in (b"IHDR", b"IDAT", b"IEND"):
-            parts.append(data[start:end])
-        # Ancillary chunks are dropped: tRNS would add an alpha channel and gAMA/iCCP
-        # could make the decoder colour-correct the grey ramp.
-    return _decode(b"".join(parts), cv2.IMREAD_GRAYSCALE, path, "palette PNG")
-
-
 def decode_rgb(data: bytes, path: PathLike) -> np.ndarray:
     """Image bytes (any format OpenCV reads) -> (H, W, 3) uint8 RGB; alpha is dropped,
     grey images are replicated to three channels."""
     if _IMREAD_RGB is not None:
-        return _decode(data, _IMREAD_RGB, path, "image")
-    image = _decode(data, cv2.IMREAD_COLOR, path, "image")
+        return _decode(data, _IMREAD_RGB | cv2.IMREAD_IGNORE_ORIENTATION, path, "image")
+    image = _decode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION, path, "image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
 
 
@@ -125,6 +105,8 @@ def _jpeg_is_truncated(data: bytes) -> bool:
 def read_image(path: PathLike) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB, C-contiguous."""
     data = read_bytes(path)
+    if not data:
+        raise UserError(f"{path} is an empty file (0 bytes); re-create or re-download this image")
     if _jpeg_is_truncated(data):
         raise UserError(f"{path} is a truncated JPEG (no end-of-image marker); "
                         "re-create or re-download this file")
@@ -132,40 +114,44 @@ def read_image(path: PathLike) -> np.ndarray:
 
 
 def read_label(path: PathLike) -> np.ndarray:
-    """A class-id label PNG -> (H, W) uint8, C-contiguous. Palette PNGs give their
-    indices, 8-bit grey PNGs their values. RGB labels are refused: their colours must be
-    mapped to class ids first with tools/convert_voc_label.py."""
+    """A class-id label PNG -> (H, W) uint8, C-contiguous. Palette PNGs give their indices,
+    8-bit grey PNGs their values, 16-bit grey PNGs their values if all are below 256. RGB
+    labels are refused: their colours must be mapped to class ids first with
+    tools/convert_voc_label.py."""
     data = read_bytes(path)
+    if not data:
+        raise UserError(f"{path} is an empty file (0 bytes); re-create or re-download this label")
     header = png_header(data, path)
-    if header.color_type == PNG_PALETTE:
-        return decode_palette_indices(data, path)
-    if header.color_type == PNG_GRAY and header.bit_depth == 8:
-        return _decode(data, cv2.IMREAD_UNCHANGED, path, "grey PNG")
     if header.color_type in (PNG_RGB, PNG_RGBA):
         label_dir = Path(path).parent
         raise UserError(
-            f"{path} is an RGB label, but class ids are expected (palette or 8-bit grey PNG); "
+            f"{path} is an RGB label, but class ids are expected (palette or grey PNG); "
             f"run `python tools/convert_voc_label.py --input_dir {label_dir} "
             f"--output_dir {label_dir.parent / 'SegmentationClassGray'}`")
-    raise UserError(f"{path} is a PNG with colour type {header.color_type} and bit depth "
-                    f"{header.bit_depth}; labels must be palette or 8-bit grey PNGs of class ids")
+    if header.color_type not in (PNG_PALETTE, PNG_GRAY):
+        raise UserError(f"{path} is a PNG with colour type {header.color_type} and bit depth "
+                        f"{header.bit_depth}; labels must be palette or grey PNGs of class ids")
+    label = _open_png(data, path)
+    if label.dtype != np.uint8:
+        if label.size and label.max() > 255:
+            raise UserError(f"{path} holds label value {int(label.max())} (a 16-bit PNG); class ids must be "
+                            f"0..254 with 255 = ignore")
+        label = label.astype(np.uint8)
+    return np.ascontiguousarray(label)
 
 
 def write_palette_png(path: PathLike, label: np.ndarray, palette: np.ndarray) -> None:
     """Write an (H, W) uint8 class-id array as an 8-bit palette PNG (what VOC ships);
-    palette is (N <= 256, 3) uint8 RGB. OpenCV cannot write palette PNGs, hence this
-    minimal encoder: IHDR, PLTE, one IDAT with filter type 0 on every row, IEND."""
+    palette is (N <= 256, 3) uint8 RGB."""
     label = np.ascontiguousarray(label, dtype=np.uint8)
     if label.ndim != 2:
         raise ValueError(f"label must be (H, W), got shape {label.shape}")
-    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    height, width = label.shape
-    rows = np.zeros((height, width + 1), dtype=np.uint8)  # leading 0 = no filter
-    rows[:, 1:] = label
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, PNG_PALETTE, 0, 0, 0)
-    png = b"".join((PNG_SIGNATURE, _chunk(b"IHDR", ihdr), _chunk(b"PLTE", palette.tobytes()),
-                    _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)), _chunk(b"IEND", b"")))
-    Path(path).write_bytes(png)
+    png = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())  # raw indices, no quantising
+    png.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
+    try:
+        png.save(path, format="PNG")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e}") from None
 
 
 def write_gray_png(path: PathLike, label: np.ndarray) -> None:
