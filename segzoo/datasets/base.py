@@ -215,3 +215,15 @@ def _ranges(values: np.ndarray) -> str:
             parts.append(f"{start}..{v}" if v > start else f"{v}")
             start = None
     return ", ".join(parts)
+
+
+def read_pairs(list_file: Path, root: Path) -> list[tuple[str, str]]:
+    """(image, label) paths from a list file of "IMAGE LABEL" lines (PaddleSeg's format), paths
+    relative to ``root`` unless absolute; a line without a second path is an error naming it."""
+    pairs = []
+    for number, line in enumerate(read_list_file(list_file), 1):
+        parts = line.split()
+        if len(parts) != 2:
+            raise UserError(f"{list_file} line {number}: expected 'IMAGE_PATH LABEL_PATH', got {line!r}")
+        pairs.append(tuple(str(p if Path(p).is_absolute() else root / p) for p in parts))
+    return pairs

@@ -34,3 +34,12 @@ def _voc_colormap(size: int = 256) -> np.ndarray:
 #: (256, 3) uint8 RGB palette, read-only.
 VOC_PALETTE = _voc_colormap()
 VOC_PALETTE.setflags(write=False)
+
+
+def distinct_palette(num_classes: int) -> np.ndarray:
+    """(256, 3) uint8 colours for datasets without an official palette: class k gets VOC's
+    colour k + 1 (all distinct, background black skipped), 255 keeps VOC's void colour."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[:num_classes] = VOC_PALETTE[1:num_classes + 1]
+    palette[IGNORE_INDEX] = VOC_PALETTE[IGNORE_INDEX]
+    return palette
