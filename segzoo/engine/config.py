@@ -110,19 +110,22 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epoch", type=positive_int, default=100, help="epochs to train")
-    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
+    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
+                   help="SGD with momentum (the seeds' choice) or Adam/AdamW (the primary seed's commands)")
     g.add_argument("--lr", type=float, default=None, help="base learning rate (default: sgd 0.01, adam/adamw 1e-4)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight_decay", type=float, default=1e-4)
+    g.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="L2 weight decay of every parameter")
     g.add_argument("--head_lr_mult", type=float, default=None,
                    help="lr multiplier of the heads over the backbone (default: 10 for sgd, 1 for adam/adamw)")
     g.add_argument("--lr_policy", default="poly", choices=["poly", "step", "cosine"], help="stepped per iteration")
     g.add_argument("--step", type=positive_int, default=None,
                    help="--lr_policy step: multiply the lr by 0.1 every STEP epochs (default: epoch // 3)")
-    g.add_argument("--poly_power", type=float, default=0.9)
+    g.add_argument("--poly_power", type=non_negative_float, default=0.9,
+                   help="--lr_policy poly: lr = base * (1 - it / total) ** power")
     g.add_argument("--warmup_iters", type=non_negative_int, default=0, help="linear lr warm-up iterations")
-    g.add_argument("--loss_type", default="cross_entropy", choices=list(LOSS_TYPES))
-    g.add_argument("--focal_gamma", type=float, default=2.0)
+    g.add_argument("--loss_type", default="cross_entropy", choices=list(LOSS_TYPES),
+                   help="pixel loss of the main and auxiliary heads (255 ignored)")
+    g.add_argument("--focal_gamma", type=non_negative_float, default=2.0, help="focusing parameter of --loss_type focal_loss")
 
     add_schedule_args(p)
     add_eval_args(p)
@@ -131,7 +134,8 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group("speed")
     g.add_argument("--autocast", type=str2bool, default=False,
                    help="mixed precision: fp16 + GradScaler on cuda/sdaa, bf16 on cpu")
-    g.add_argument("--amp_dtype", default="auto", choices=["auto", "float16", "bfloat16"])
+    g.add_argument("--amp_dtype", default="auto", choices=["auto", "float16", "bfloat16"],
+                   help="autocast dtype (auto: float16 on cuda/sdaa, bfloat16 on cpu)")
     g.add_argument("--channels_last", type=str2bool, default=False, help="NHWC memory format (faster on tensor cores)")
     g.add_argument("--compile", type=str2bool, default=False, help="torch.compile the model")
     g.add_argument("--sync_bn", default="auto", choices=["auto", "True", "False", "true", "false"],
