@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from segzoo.datasets.demo import make_demo_dataset
 from segzoo.models import build_model
@@ -153,29 +154,33 @@ def test_script_reports_a_bad_flag_in_one_line_and_exits_2():
     assert result.stderr.strip().count("\n") == 0 and "--mode 'fastest'" in result.stderr
 
 
-def test_train_step_matches_train_py_loop_body():
-    """TrainStep does what train.py's loop body did: zero_grad(set_to_none), scaled backward,
-    scaler step and update, scheduler step; parameters and lr agree exactly after two steps."""
-    args = benchmark.parse_args(["--device", "cpu", *TINY])
+def test_train_step_is_one_sgd_step_of_the_criterion():
+    """One TrainStep call = gradients of CE(out) + 0.4 CE(aux) (written out here, not taken from the
+    criterion), one SGD step with weight decay at the group's lr (10x for the heads), and one
+    poly-schedule step of the lr (computed here from the formula)."""
+    args = benchmark.parse_args(["--device", "cpu", *TINY, "--momentum", "0.9", "--weight_decay", "1e-4",
+                                 "--lr", "0.01"])
     device = Device("cpu")
     torch.manual_seed(0)
     model = build_model("pspnet", 5, backbone="resnet18", dropout=0.0)  # no dropout: no RNG to align
-    reference = copy.deepcopy(model)
-    step = make_train_step(model, model, args, 5, device, iters_per_epoch=4)
-    ref = make_train_step(reference, reference, args, 5, device, iters_per_epoch=4)
+    model.train()
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 5, (2, 32, 32), dtype=torch.uint8)
-    for _ in range(2):
-        x, y = to_device_batch(images, labels, device, channels_last=False)
-        step(x, y)
-        with device.autocast(ref.amp["enabled"], ref.amp["dtype"]):  # train.py's loop body, verbatim
-            loss = ref.criterion(reference(x), y)
-        ref.optimizer.zero_grad(set_to_none=True)
-        ref.scaler.scale(loss).backward()
-        ref.scaler.step(ref.optimizer)
-        ref.scaler.update()
-        ref.scheduler.step()
-    assert step.scheduler.last_epoch == 2
-    assert [g["lr"] for g in step.optimizer.param_groups] == [g["lr"] for g in ref.optimizer.param_groups]
-    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
-        assert torch.equal(p, q), name
+    x, y = to_device_batch(images, labels, device, channels_last=False)
+    reference = copy.deepcopy(model)
+    out = reference(x)
+    loss = F.cross_entropy(out["out"], y, ignore_index=255) + 0.4 * F.cross_entropy(out["aux"], y, ignore_index=255)
+    grads = dict(zip([n for n, _ in reference.named_parameters()],
+                     torch.autograd.grad(loss, list(reference.parameters()))))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    backbone = {n for n, _ in model.backbone.named_parameters(prefix="backbone")}
+
+    step = make_train_step(model, model, args, 5, device, iters_per_epoch=4)
+    step(x, y)
+    for name, p in model.named_parameters():
+        lr = 0.01 if name in backbone else 0.1
+        expected = before[name] - lr * (grads[name] + 1e-4 * before[name])  # first SGD step: buffer = d_p
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6, msg=name)
+    total = args.epoch * 4
+    assert step.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * (1 - 1 / total) ** 0.9)
+    assert step.optimizer.param_groups[1]["lr"] == pytest.approx(0.1 * (1 - 1 / total) ** 0.9)
