@@ -14,8 +14,9 @@ from segzoo.runtime import distributed as dist
 from segzoo.runtime.errors import UserError
 
 from segzoo.datasets import DATASETS
-from segzoo.datasets.collate import pad_collate
+from segzoo.datasets.collate import size_group_collate
 from segzoo.engine.config import component_options
+from segzoo.engine.evaluate import eval_settings
 from segzoo.datasets.sampler import SeededDistributedSampler, UnpaddedDistributedSampler
 from segzoo.datasets.transforms import build_train_transform, build_val_transform
 from segzoo.datasets.voc import CLASS_NAMES_FILE, find_voc_root
@@ -78,12 +79,13 @@ def _loader(dataset, sampler, batch_size, args, pin_memory, train: bool) -> Data
     workers = args.workers
     extra = {"persistent_workers": True, "worker_init_fn": _worker_init, "prefetch_factor": 4} if workers else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-                      drop_last=train, collate_fn=None if train else pad_collate, **extra)
+                      drop_last=train, collate_fn=None if train else size_group_collate, **extra)
 
 
 def build_loaders(args, train_set, val_set, info, device):
     """(train_loader or None, val_loader); pinned memory only where there is a device to copy to."""
     pin = device.is_accelerator
+    eval_settings(args)  # bad evaluation flags are refused before training, not at the first validation
     val_sampler = UnpaddedDistributedSampler(len(val_set), info.world_size, info.rank)
     val_loader = _loader(val_set, val_sampler, args.val_batch_size, args, pin, train=False)
     if train_set is None:
