@@ -106,6 +106,9 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--aux_weight", type=non_negative_float, default=0.4,
                    help="weight of the auxiliary FCN head's loss (0 = no aux head)")
     g.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier")
+    g.add_argument("--align_corners", type=str2bool, default=False,
+                   help="bilinear resizing in the heads and of the output: False as mmseg/torchvision, "
+                        "True as hszhao/semseg (to evaluate its checkpoints to the same outputs)")
     add_component_options(p)
 
     g = p.add_argument_group("optimisation")
@@ -152,6 +155,8 @@ def add_launch_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--master_addr", default="127.0.0.1", help="address of the node_rank 0 machine")
     g.add_argument("--master_port", type=positive_int, default=29505, help="free TCP port on the master")
     g.add_argument("--dry_run", type=str2bool, default=False, help="print the command and exit")
+    g.add_argument("--max_restarts", type=non_negative_int, default=0,
+                   help="torchrun restarts of failed workers (needs --distributed True and --auto_resume True)")
     return p
 
 

@@ -21,7 +21,7 @@ def model_from_args(args: argparse.Namespace, num_classes: int, pretrained: str 
     options = {**component_options(args, MODELS, args.model_name), **component_options(args, BACKBONES, args.backbone)}
     options["pretrained"] = pretrained
     return build_model(args.model_name, num_classes, backbone=args.backbone, aux=args.aux_weight > 0,
-                       dropout=args.dropout, crop_size=args.crop_size, **options)
+                       dropout=args.dropout, crop_size=args.crop_size, align_corners=args.align_corners, **options)
 
 
 def use_sync_bn(args, info, device) -> bool:

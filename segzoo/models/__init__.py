@@ -9,7 +9,7 @@ registers its head builder where it is defined, with the options it owns:
 
 The builder reads what it needs from the backbone's contract (``feature_info``, ``main_index``)
 and returns the decode head. ``dropout`` is always passed; ``crop_size`` (the training crop,
-which fixes PSANet's attention-mask size) only to builders that declare it. A head with extra
+which fixes PSANet's attention-mask size) and ``align_corners`` only to builders that declare them. A head with extra
 training losses (EncNet's semantic-encoding loss) defines ``extra_losses(outputs, target)``.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ MODELS = Registry("model", "segzoo.models", key="model_name")
 
 
 def build_model(name: str, num_classes: int, backbone: str = "resnet50", aux: bool = True, dropout: float = 0.1,
-                crop_size=513, **options) -> EncoderDecoder:
+                crop_size=513, align_corners: bool = False, **options) -> EncoderDecoder:
     """Build segmentor ``name``.
 
     Args:
@@ -35,6 +35,8 @@ def build_model(name: str, num_classes: int, backbone: str = "resnet50", aux: bo
         aux: add the FCN auxiliary head on the backbone's ``aux_index`` feature.
         dropout: Dropout2d rate before every classifier.
         crop_size: training crop (int or (h, w)), for heads whose shape depends on it (PSANet).
+        align_corners: bilinear resizing inside the heads that resize (PPM, PSA) and of the final
+            upsampling: False as mmseg/torchvision, True as hszhao/semseg.
         options: options of the model and of the backbone (see ``MODELS.get(name).options`` and
             ``BACKBONES.get(backbone).options``); options neither declares are refused.
 
@@ -54,10 +56,12 @@ def build_model(name: str, num_classes: int, backbone: str = "resnet50", aux: bo
         raise OptionError("dropout", dropout, "must be in [0, 1)")
     trunk = build_backbone(backbone, **options)
     head_options = MODELS.options_for(name, options)
-    if "crop_size" in inspect.signature(head_entry.obj).parameters:
-        head_options["crop_size"] = crop_size
+    accepted = inspect.signature(head_entry.obj).parameters
+    for key, value in (("crop_size", crop_size), ("align_corners", align_corners)):
+        if key in accepted:
+            head_options[key] = value
     head = head_entry.obj(trunk, num_classes, dropout=dropout, **head_options)
-    return EncoderDecoder(trunk, head, make_aux_head(trunk, num_classes, dropout) if aux else None)
+    return EncoderDecoder(trunk, head, make_aux_head(trunk, num_classes, dropout) if aux else None, align_corners)
 
 
 __all__ = ["MODELS", "EncoderDecoder", "build_model"]

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of (N, C, h, w) to ``size`` (H, W), align_corners=False everywhere in
-    this package so a pixel's logit is sampled at its centre at every scale."""
+def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize of (N, C, h, w) to ``size`` (H, W). align_corners=False (mmseg's and
+    torchvision's choice) samples a pixel's logit at its centre at every scale; True is
+    hszhao/semseg's choice, offered so its checkpoints give the same outputs here."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def main_input(backbone: nn.Module) -> tuple[int, int]:

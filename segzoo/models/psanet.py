@@ -48,8 +48,9 @@ class PSABranch(nn.Module):
     """
 
     def __init__(self, in_channels: int, channels: int, mode: str, mask: tuple, compact: bool,
-                 shrink_factor: int, ops_impl: str):
+                 shrink_factor: int, ops_impl: str, align_corners: bool = False):
         super().__init__()
+        self.align_corners = align_corners
         self.mode, self.mask, self.compact = mode, tuple(mask), compact
         self.shrink_factor, self.ops_impl = shrink_factor, ops_impl
         self.reduce = ConvBNReLU(in_channels, channels, 1)
@@ -60,7 +61,7 @@ class PSABranch(nn.Module):
         x = self.reduce(x)
         full = x.shape[-2:]
         h, w = ((s - 1) // self.shrink_factor + 1 for s in full)
-        x = resize(x, (h, w))
+        x = resize(x, (h, w), self.align_corners)
         n, c = x.shape[:2]
         windows = self.attention(x)
         if self.compact:
@@ -74,7 +75,7 @@ class PSABranch(nn.Module):
             dense = psa_mask(windows, self.mode, self.mask, impl=self.ops_impl).view(n, h * w, h * w)
         attention = F.softmax(dense, dim=1)  # over source positions, as semseg (psa_softmax=True)
         out = torch.bmm(x.reshape(n, c, h * w), attention).view(n, c, h, w)
-        return resize(out, full)
+        return resize(out, full, self.align_corners)
 
 
 class PSAHead(DecodeHead):
@@ -83,13 +84,13 @@ class PSAHead(DecodeHead):
 
     def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1,
                  in_index: int = -1, psa_type: str = "bi", mask: tuple = (59, 59), compact: bool = False,
-                 shrink_factor: int = 2, ops_impl: str = "auto"):
+                 shrink_factor: int = 2, ops_impl: str = "auto", align_corners: bool = False):
         super().__init__(in_channels, channels, num_classes, dropout, in_index)
         if psa_type not in PSA_TYPES:
             raise OptionError("psa_type", psa_type, f"is not known; use one of {', '.join(PSA_TYPES)}")
         modes = ("collect", "distribute") if psa_type == "bi" else (psa_type,)
-        self.branches = nn.ModuleList(PSABranch(in_channels, channels, m, mask, compact, shrink_factor, ops_impl)
-                                      for m in modes)
+        self.branches = nn.ModuleList(PSABranch(in_channels, channels, m, mask, compact, shrink_factor, ops_impl,
+                                                align_corners) for m in modes)
         self.project = ConvBNReLU(channels * len(modes), in_channels, 1)
         self.bottleneck = ConvBNReLU(in_channels * 2, channels, 3)
 
@@ -104,7 +105,8 @@ class PSAHead(DecodeHead):
     OPS_IMPL,
 ], summary="PSANet, point-wise spatial attention (Zhao et al., ECCV 2018)")
 def build_psanet(backbone: nn.Module, num_classes: int, *, dropout: float, crop_size=513, psa_type: str = "bi",
-                 psa_compact: bool = False, shrink_factor: int = 2, ops_impl: str = "auto") -> PSAHead:
+                 psa_compact: bool = False, shrink_factor: int = 2, ops_impl: str = "auto",
+                 align_corners: bool = False) -> PSAHead:
     """PSANet's head with the mask size derived from the training crop: (2h-1, 2w-1) for the
     shrunk feature map h x w (127x63 for a 1024x512 crop at OS8), or (h, w) for the compact variant."""
     in_channels, index = main_input(backbone)
@@ -113,4 +115,4 @@ def build_psanet(backbone: nn.Module, num_classes: int, *, dropout: float, crop_
     h, w = shrunk_size(crop_h, reduction, shrink_factor), shrunk_size(crop_w, reduction, shrink_factor)
     mask = (h, w) if psa_compact else (2 * h - 1, 2 * w - 1)
     return PSAHead(in_channels, 512, num_classes, dropout, in_index=index, psa_type=psa_type, mask=mask,
-                   compact=psa_compact, shrink_factor=shrink_factor, ops_impl=ops_impl)
+                   compact=psa_compact, shrink_factor=shrink_factor, ops_impl=ops_impl, align_corners=align_corners)

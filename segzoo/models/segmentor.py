@@ -20,6 +20,7 @@ class EncoderDecoder(nn.Module):
         decode_head: reads the features it needs; returns logits or {"out": logits, **extras}.
         aux_head: optional head on the backbone's ``aux_index`` feature (``make_aux_head``),
             run in training mode only.
+        align_corners: of the final upsampling to the input size (see ``heads.resize``).
 
     ``forward(x)`` with x (N, 3, H, W), any H and W, returns a dict:
         "out": (N, K, H, W) logits, bilinearly upsampled (align_corners=False) to the input;
@@ -27,8 +28,10 @@ class EncoderDecoder(nn.Module):
         as the head returns them (e.g. EncNet's "se": (N, K) image-level class logits).
     """
 
-    def __init__(self, backbone: nn.Module, decode_head: nn.Module, aux_head: nn.Module | None = None):
+    def __init__(self, backbone: nn.Module, decode_head: nn.Module, aux_head: nn.Module | None = None,
+                 align_corners: bool = False):
         super().__init__()
+        self.align_corners = align_corners
         self.backbone = backbone
         self.decode_head = decode_head
         self.aux_head = aux_head
@@ -41,10 +44,10 @@ class EncoderDecoder(nn.Module):
         if isinstance(decoded, dict):
             extras = {k: v for k, v in decoded.items() if k != "out"}
             decoded = decoded["out"]
-        result = {"out": resize(decoded, size)}
+        result = {"out": resize(decoded, size, self.align_corners)}
         if self.training:
             if self.aux_head is not None:
-                result["aux"] = resize(self.aux_head(features), size)
+                result["aux"] = resize(self.aux_head(features), size, self.align_corners)
             result.update(extras)
         return result
 
