@@ -44,7 +44,8 @@ def flag_tables() -> str:
             meaning = action.help or ""
             if action.choices:
                 meaning += " (" + " | ".join(str(c) for c in action.choices) + ")"
-            rows.append(f"| `{action.option_strings[0]}` | {_default(action.default)} | {_cell(meaning)} |")
+            names = " ".join(f"`{name}`" for name in action.option_strings)
+            rows.append(f"| {names} | {_default(action.default)} | {_cell(meaning)} |")
         blocks.append("\n".join(rows))
     return "\n\n".join(blocks)
 

@@ -65,7 +65,8 @@ class OneLineParser(argparse.ArgumentParser):
 def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--config", default=None, help="YAML file of defaults (keys are flag names); the command line overrides it")
-    g.add_argument("--work_dir", default="experiments/pspnet", help="checkpoints, logs, metrics and plots go here")
+    g.add_argument("--work_dir", "--save_dir", default="experiments/pspnet",
+                   help="checkpoints, logs, metrics and plots go here (--save_dir: PaddleSeg's name)")
     g.add_argument("--device", default=None, help="cpu, cuda or sdaa (required)")
     g.add_argument("--default_rank", type=non_negative_int, default=0,
                    help="device index of a single-process run (under DDP each rank uses its LOCAL_RANK)")
@@ -76,7 +77,11 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="allow training into a work dir that already holds another run's checkpoints")
     g.add_argument("--random_seed", type=int, default=0, help="seed; rank r uses seed + r")
     g.add_argument("--deterministic", type=str2bool, default=False, help="bitwise-repeatable runs (slower)")
-    g.add_argument("--print_interval", type=positive_int, default=10, help="iterations between log lines")
+    g.add_argument("--print_interval", "--log_iter", type=positive_int, default=10,
+                   help="iterations between log lines (--log_iter: PaddleSeg's name)")
+    g.add_argument("--do_eval", action="store_true",
+                   help="accepted from PaddleSeg commands: evaluation during training is always on "
+                        "(its cadence is --val_epoch or --val_interval)")
     g.add_argument("--val_epoch", type=positive_int, default=5, help="evaluate every N epochs (and after the last)")
     g.add_argument("--workers", type=non_negative_int, default=None,
                    help="data-loader workers per process (default: the machine's cores shared among the processes, at most 8)")
