@@ -132,7 +132,7 @@ def test_resume_matches_an_uninterrupted_run(run_a, tiny_dataset, tmp_path):
     assert load(work_b / ckpt_name("latest"))["epoch"] == 1
     result = launch_run(tiny_dataset, work_b, *REPEATABLE, "--epoch", "2", "--continue_training", "True",
                         "--ckpt", work_b / ckpt_name("latest"))
-    assert "continuing at epoch 2" in result.stdout
+    assert "2 iterations done (epoch 2, batch 1 of 2 next)" in result.stdout
 
     for key in ("train.loss", "val.mIoU"):
         assert logged_values(work_b / "train_log.json", key) == logged_values(work_a / "train_log.json", key), key

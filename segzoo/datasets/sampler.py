@@ -49,15 +49,20 @@ class SeededDistributedSampler(Sampler):
         self.dataset_len, self.num_replicas, self.rank = int(dataset_len), num_replicas, rank
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.epoch = 0
+        self.skip = 0
         if drop_last:
             self.num_samples = self.dataset_len // num_replicas
         else:
             self.num_samples = math.ceil(self.dataset_len / num_replicas)
         self.total_size = self.num_samples * num_replicas
 
-    def set_epoch(self, epoch: int) -> None:
-        """Call before iterating each epoch; a new epoch means a new order and new seeds."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Call before iterating each epoch; a new epoch means a new order and new seeds.
+        ``skip``: leave out this rank's first `skip` samples of the epoch (those a run that was
+        stopped mid-epoch already trained on), so a resumed run sees exactly the rest."""
+        if not 0 <= skip <= self.num_samples:
+            raise ValueError(f"skip must be in 0..{self.num_samples}, got {skip}")
+        self.epoch, self.skip = epoch, skip
 
     def indices(self) -> list:
         """This rank's dataset indices for the current epoch, in order."""
@@ -75,11 +80,11 @@ class SeededDistributedSampler(Sampler):
         return order[self.rank:self.total_size:self.num_replicas]
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        for index in self.indices():
+        for index in self.indices()[self.skip:]:
             yield index, sample_seed(self.seed, self.epoch, index)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples - self.skip
 
 
 class UnpaddedDistributedSampler(Sampler):

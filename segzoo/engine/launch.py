@@ -45,7 +45,8 @@ def split_argv(argv: list) -> tuple:
 def build_command(launch, train_argv: list, python: str = sys.executable) -> list:
     if not launch.distributed:
         return [python, str(TRAIN_PY), *train_argv]
-    return [python, str(TORCHRUN_PY),
+    restarts = ["--max_restarts", str(launch.max_restarts)] if getattr(launch, "max_restarts", 0) else []
+    return [python, str(TORCHRUN_PY), *restarts,
             "--nproc_per_node", str(launch.nproc_per_node),
             "--nnodes", str(launch.nnodes),
             "--node_rank", str(launch.node_rank),
@@ -63,24 +64,44 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def check_launch(launch, args) -> None:
-    """Impossible flag combinations and missing resources, before any process starts."""
-    device_type(args.device)  # unknown device, missing plugin or no device: one line, before anything starts
+def check_launch(launch, args) -> list:
+    """Impossible flag combinations (UserError) and what this machine lacks to run the command
+    (devices, a free port): a UserError too, except under --dry_run, which prints the command for
+    any device and node layout and returns those problems as warning lines instead."""
+    warnings = []
+
+    def machine_problem(message: str) -> None:
+        if not launch.dry_run:
+            raise UserError(message)
+        warnings.append(f"{message} (this machine could not run the command)")
+
     if not launch.distributed:
         if launch.nproc_per_node > 1 or launch.nnodes > 1:
             raise UserError(f"--nproc_per_node {launch.nproc_per_node} / --nnodes {launch.nnodes} need "
                             f"--distributed True")
-        return
-    if launch.node_rank >= launch.nnodes:
+        if launch.max_restarts:
+            raise UserError(f"--max_restarts {launch.max_restarts} needs --distributed True (torchrun restarts "
+                            f"the workers)")
+    elif launch.node_rank >= launch.nnodes:
         raise UserError(f"--node_rank {launch.node_rank} must be below --nnodes {launch.nnodes}")
-    if args.device != "cpu":
-        present = device_count(args.device)
-        if launch.nproc_per_node > present:
-            raise UserError(f"--nproc_per_node {launch.nproc_per_node} but only {present} {args.device} device(s) "
-                            f"are present on this machine")
-    if launch.node_rank == 0 and not port_is_free(launch.master_port):
-        raise UserError(f"--master_port {launch.master_port} is already in use on this machine; "
+    if launch.max_restarts and not args.auto_resume:
+        raise UserError(f"--max_restarts {launch.max_restarts} needs --auto_resume True, so that a restarted "
+                        f"worker continues from the latest checkpoint instead of starting over")
+    try:
+        device_type(args.device)  # unknown device, missing plugin or no device: one line, before anything starts
+        present = device_count(args.device) if launch.distributed and args.device != "cpu" else None
+    except UserError as err:
+        if "not a known device" in str(err) or "unknown" in str(err).lower():
+            raise
+        machine_problem(str(err))
+        present = None
+    if present is not None and launch.nproc_per_node > present:
+        machine_problem(f"--nproc_per_node {launch.nproc_per_node} but only {present} {args.device} device(s) "
+                        f"are present on this machine")
+    if launch.distributed and launch.node_rank == 0 and not port_is_free(launch.master_port):
+        machine_problem(f"--master_port {launch.master_port} is already in use on this machine; "
                         f"pick a free one with --master_port")
+    return warnings
 
 
 def check_paths(args) -> None:
@@ -95,6 +116,9 @@ def check_paths(args) -> None:
 
 def child_env(launch, args) -> dict:
     env = dict(os.environ)
+    # train.py / torchrun.py then ask the kernel for SIGTERM when their parent dies (prctl), so a
+    # kill -9 of this launcher stops them (they save `latest` on the way out) instead of orphaning them.
+    env["SEGZOO_DIE_WITH_PARENT"] = "1"
     if launch.distributed and "OMP_NUM_THREADS" not in env:
         # torchrun would set 1 thread per worker; on cpu give each worker its share of the cores.
         share = (os.cpu_count() or 1) // launch.nproc_per_node if args.device == "cpu" else 1
@@ -135,12 +159,14 @@ def main(argv=None, default_model: str | None = None) -> int:
         args = parse_train_args(train_argv, defaults={"model_name": default_model} if default_model else None)
         if not any(a == "--model_name" or a.startswith("--model_name=") for a in train_argv):
             train_argv = ["--model_name", args.model_name, *train_argv]
-        check_launch(launch, args)
+        warnings = check_launch(launch, args)
         check_paths(args)
     except UserError as err:
         exit_with(err)
     cmd = build_command(launch, train_argv)
     print("+ " + shlex.join(cmd), flush=True)
     if launch.dry_run:
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
         return 0
     return run_child(cmd, child_env(launch, args))

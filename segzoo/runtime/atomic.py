@@ -6,6 +6,9 @@ import secrets
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+# Temporary files are named ".NAME.PID.RANDOM.tmp" beside NAME.
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it over `path`.
@@ -16,7 +19,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
     try:
         with open(tmp, "xb") as file:
             write(file)
@@ -26,3 +29,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_temp_files(folder: str | os.PathLike) -> list:
+    """Delete the temporary files that atomic_write left in `folder` when its process was killed
+    (kill -9 or power loss run no cleanup). Call only while no other writer uses the folder
+    (the run holds the work-dir lock). Returns the names removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for tmp in folder.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
+    return sorted(removed)

@@ -6,12 +6,14 @@ run's arguments, plus the facts needed to refuse loading it into the wrong model
 """
 from __future__ import annotations
 
+import errno
 import pickle
 from pathlib import Path
 
 import torch
 
 from segzoo.runtime.atomic import atomic_write
+from segzoo.runtime.diskspace import check_room
 from segzoo.runtime.errors import UserError
 
 FORMAT = "segzoo-checkpoint-v1"
@@ -50,8 +52,26 @@ def strip_prefixes(state_dict: dict) -> dict:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Temporary file + rename (segzoo.runtime.atomic): a crash never leaves half a checkpoint."""
-    atomic_write(path, lambda file: torch.save(state, file))
+    """Temporary file + rename (segzoo.runtime.atomic): a crash never leaves half a checkpoint.
+    A file system without room for it (checked first, and ENOSPC while writing) or a read-only
+    one is a UserError naming the folder; the previous file at `path` stays as it was."""
+    path = Path(path)
+    check_room(path.parent, state)
+    try:
+        atomic_write(path, lambda file: torch.save(state, file))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"--work_dir {path.parent}: the disk filled up while writing {path.name}; free some "
+                            f"space and resume (the previous {path.name} is intact)") from None
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise UserError(f"--work_dir {path.parent} is not writable ({exc.strerror}); pick another "
+                            f"--work_dir") from None
+        raise
+    except RuntimeError as exc:  # torch.save's zip writer reports a failed write this way
+        if "file write failed" in str(exc) or "No space left" in str(exc):
+            raise UserError(f"--work_dir {path.parent}: the disk filled up while writing {path.name}; free some "
+                            f"space and resume (the previous {path.name} is intact)") from None
+        raise
 
 
 def load_checkpoint(path: str) -> dict:
@@ -126,10 +146,30 @@ def find_run_checkpoints(work_dir: Path) -> list:
     return sorted(p.name for p in work_dir.glob("*.pth") if p.name.startswith(("latest_", "best_")))
 
 
+def newest_checkpoint(work_dir: Path, names: dict) -> tuple:
+    """(path, checkpoint) of the resumable checkpoint of `names` (latest and best) in `work_dir`
+    with the most finished iterations, or (None, None). Unreadable files are passed over (a
+    checkpoint is written atomically, so that means a foreign or damaged file)."""
+    found = (None, None)
+    for kind in ("latest", "best"):  # on a tie the latest wins
+        path = Path(work_dir) / names[kind]
+        if not path.is_file():
+            continue
+        try:
+            ckpt = load_checkpoint(str(path))
+        except UserError:
+            continue
+        if ckpt.get("format") != FORMAT:
+            continue
+        if found[1] is None or ckpt.get("global_step", 0) > found[1].get("global_step", 0):
+            found = (path, ckpt)
+    return found
+
+
 def check_work_dir(args, work_dir: Path) -> None:
     """Never train over another run's checkpoints unless resuming in place or told to overwrite."""
-    if args.test_only or args.overwrite:
-        return
+    if args.test_only or args.overwrite or getattr(args, "auto_resume", False):
+        return  # --auto_resume: the checkpoints in the work dir are this run's own
     existing = find_run_checkpoints(work_dir)
     if args.continue_training and Path(args.ckpt).resolve().parent == Path(work_dir).resolve():
         return  # resuming in place: these checkpoints are the run's own

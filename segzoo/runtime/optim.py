@@ -32,7 +32,9 @@ def build_optimizer(model, args, fused: bool) -> torch.optim.Optimizer:
 
 def lr_factor(policy: str, it: int, total: int, iters_per_epoch: int, step_epochs: int, power: float,
               warmup: int) -> float:
-    """Multiplier of the base lr after `it` finished iterations of `total`."""
+    """Multiplier of the base lr after `it` finished iterations of `total`. The step policy
+    multiplies by 0.1 every `step_epochs` units of `iters_per_epoch` iterations (pass 1 as
+    iters_per_epoch for a step size counted in iterations)."""
     if warmup and it < warmup:
         return (it + 1) / warmup
     if policy == "poly":
@@ -45,9 +47,13 @@ def lr_factor(policy: str, it: int, total: int, iters_per_epoch: int, step_epoch
 
 
 def build_scheduler(optimizer, args, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    total = max(1, args.epoch * iters_per_epoch)
+    """Per-iteration schedule over --iters iterations (--step then counts iterations), else over
+    --epoch epochs of `iters_per_epoch` (--step counts epochs)."""
+    iters = getattr(args, "iters", None)
+    total = max(1, iters if iters else args.epoch * iters_per_epoch)
+    step_unit = 1 if iters else iters_per_epoch
 
     def factor(it: int) -> float:
-        return lr_factor(args.lr_policy, it, total, iters_per_epoch, args.step, args.poly_power, args.warmup_iters)
+        return lr_factor(args.lr_policy, it, total, step_unit, args.step, args.poly_power, args.warmup_iters)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
