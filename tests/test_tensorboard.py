@@ -91,6 +91,7 @@ class Blocker:
         return None
 sys.meta_path.insert(0, Blocker())
 sys.argv = sys.argv[1:]
+sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(sys.argv[0])))  # as `python SCRIPT` does
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 

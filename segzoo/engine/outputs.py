@@ -129,3 +129,54 @@ def dataset_overlays(model, dataset, torch_device, count: int) -> list:
         pictures.append((dataset_name(dataset, i), overlay(image, predict_mask(model, image, torch_device),
                                                            dataset.palette)))
     return pictures
+
+
+# ------------------------------------------------------------------------------------------
+# the run's side: dashboard and saved predictions (wired in train.py)
+# ------------------------------------------------------------------------------------------
+class RunOutputs:
+    """Created first thing in a run, so a missing `tensorboard` stops it before anything is
+    written; the dashboard lives on rank 0 only (other ranks get a disabled writer)."""
+
+    def __init__(self, args, work_dir: Path, info):
+        from segzoo.runtime.tensorboard import TensorBoardWriter
+        self.args, self.info = args, info
+        flag = "--use_vdl" if getattr(args, "use_vdl", False) else "--tensorboard"
+        self.writer = TensorBoardWriter(Path(work_dir) / "tb", enabled=bool(args.tensorboard) and info.is_main,
+                                        flag=flag)
+
+    def attach(self, logger, val_set, device) -> "DashboardLogger":
+        """The run logger, its scalars copied to the dashboard, with `log_evaluation` added."""
+        return DashboardLogger(logger, self.writer, val_set, device.torch_device, self.args.tb_images)
+
+    def save_predictions(self, model, val_set, device) -> None:
+        """--save_predictions DIR: masks and overlays of every validation image (rank 0, bare model)."""
+        if not self.args.save_predictions or not self.info.is_main:
+            return
+        from segzoo.runtime.checkpoint import unwrap
+        count = save_dataset_predictions(unwrap(model), val_set, device.torch_device, Path(self.args.save_predictions))
+        print(f"predictions of {count} validation images -> {self.args.save_predictions}", flush=True)
+
+
+class DashboardLogger:
+    """A run logger whose records also reach TensorBoard, plus per-class IoU and overlays per evaluation."""
+
+    def __init__(self, logger, writer, val_set, torch_device, images: int):
+        self._tee = writer.tee(logger)
+        self.writer, self.val_set, self.torch_device, self.images = writer, val_set, torch_device, images
+
+    def log_evaluation(self, global_step: int, results: dict, model) -> None:
+        """Per-class IoU, mIoU and `images` prediction overlays. The overlays use the bare model on
+        rank 0 alone (a DDP forward on one rank would wait for the others)."""
+        if not self.writer.enabled:
+            return
+        from segzoo.runtime.checkpoint import unwrap
+        self.writer.evaluation(global_step, results, self.val_set.class_names)
+        bare = unwrap(model)
+        was_training = bare.training
+        self.writer.images(global_step, dataset_overlays(bare, self.val_set, self.torch_device, self.images))
+        bare.train(was_training)
+        self.writer.flush()
+
+    def __getattr__(self, name):  # log, flush, metadata, ... of the tee
+        return getattr(self._tee, name)
