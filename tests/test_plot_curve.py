@@ -1,6 +1,7 @@
 """tools/plot_curve.py: parsing the log formats, rebuilding iterations, plotting, comparing."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from segzoo.runtime.dllogger import JSONStreamBackend, Logger, Verbosity
 from segzoo.runtime.errors import UserError
-from tools.plot_curve import (Curve, Records, compare_loss, global_iterations, main,
+from tools.plot_curve import (Curve, Records, compare_loss, global_iterations, main, modelzoo_verdict,
                               moving_average, plot, read_log)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -323,3 +324,59 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     assert len(empty.stderr.strip().splitlines()) == 1
     assert empty.stderr.startswith("error: empty.log: no train.loss records")
     assert not (tmp_path / "x.png").exists()
+
+
+# ---- the ModelZoo's verdict and the two-sided figures ------------------------------------------------
+def test_modelzoo_verdict_is_signed_as_the_modelzoo_computes_it():
+    x = np.arange(1.0, 11.0)
+    ref = _records(x, np.full(10, 2.0))
+    higher = modelzoo_verdict(ref, _records(x, np.full(10, 2.2)))  # +10% everywhere
+    assert higher.signed_relative == pytest.approx(0.1) and higher.signed_absolute == pytest.approx(0.2)
+    assert not higher.passes_modelzoo and higher.two_sided_relative == pytest.approx(0.1)
+    # Only the common iterations count: the port's extra iterations 11..20 are ignored.
+    longer = modelzoo_verdict(ref, _records(np.arange(1.0, 21.0), np.full(20, 2.0)))
+    assert longer.num_common == 10 and longer.two_sided_relative == 0.0 and longer.passes_modelzoo
+    assert modelzoo_verdict(ref, _records(x + 100, np.full(10, 2.0))) is None
+
+
+def _port_check(tmp_path, ref_loss, port_loss, capsys):
+    ref = write_our_log(tmp_path / "ref.json", ref_loss)
+    port = write_our_log(tmp_path / "port.json", port_loss)
+    rc = main([str(ref), str(port), "--out", str(tmp_path / "c.png"), "--max_rel_diff", "0.05"])
+    return rc, capsys.readouterr().out
+
+
+def test_far_lower_loss_passes_the_modelzoo_but_fails_max_rel_diff(tmp_path, capsys):
+    ref = decaying_loss(60)
+    rc, out = _port_check(tmp_path, ref, 0.5 * ref, capsys)  # half the loss: a broken port
+    assert "ModelZoo verdict" in out and ": PASS (signed mean relative error -50.00%" in out
+    assert "two-sided: mean |port - ref| / ref 50.00% per iteration" in out
+    assert rc == 1 and "FAIL: two-sided mean relative difference 50.00% exceeds --max_rel_diff 5%" in out
+
+
+def test_cancelling_errors_pass_the_modelzoo_but_fail_max_rel_diff(tmp_path, capsys):
+    ref = decaying_loss(60)
+    sign = np.where(np.arange(60) % 2 == 0, 1.0, -1.0)
+    rc, out = _port_check(tmp_path, ref, ref * (1.0 + 0.3 * sign), capsys)  # +30%, -30%, ...
+    assert re.search(r": PASS \(signed mean relative error [+-]0\.00%", out), out
+    assert rc == 1 and "FAIL: two-sided mean relative difference 30.00%" in out
+
+
+def test_close_port_passes_both(tmp_path, capsys):
+    ref = decaying_loss(60)
+    rc, out = _port_check(tmp_path, ref, ref * 1.01, capsys)
+    assert rc == 0 and ": PASS" in out and "PASS: two-sided mean relative difference 1.00% <=" in out
+
+
+def test_without_out_the_figure_goes_beside_the_log(tmp_path, capsys):
+    log = write_our_log(tmp_path / "train.log", decaying_loss(20))
+    assert main([str(log)]) == 0
+    assert f"wrote {tmp_path / 'train.png'}" in capsys.readouterr().out
+    _assert_png(tmp_path / "train.png")
+
+
+def test_max_rel_diff_needs_two_logs(tmp_path):
+    log = write_our_log(tmp_path / "a.json", decaying_loss(10))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(log), "--max_rel_diff", "0.1"])
+    assert exit_info.value.code == 2

@@ -2,8 +2,17 @@
 """Plot the training loss (per iteration) and validation mIoU (per epoch) of one run, or
 overlay two runs and measure how far apart their loss curves are.
 
-    python tools/plot_curve.py run/train.log --out loss.png
+    python tools/plot_curve.py run/train.log                  # writes run/train.png
     python tools/plot_curve.py cuda.log sdaa.log --out cmp.png --labels cuda sdaa --smooth 20
+    python tools/plot_curve.py reference.log port.log --max_rel_diff 0.02   # a CI port check
+
+With two logs (reference first, then the port) it also prints the ModelZoo's own verdict,
+computed as the ModelZoo's loss-comparison script does: over the iterations both logs have,
+mean((port - ref) / ref) <= 0.05 or mean(port - ref) <= 0.0002 passes. Both figures are signed,
+so a port whose loss is far lower, or whose errors of opposite sign cancel, passes. Beside it
+come two-sided figures that cannot be fooled that way: mean |port - ref| / |ref| over the same
+iterations, and the same on the smoothed curves. --max_rel_diff X exits 1 when the first of
+them (raw, per iteration) exceeds X.
 
 Reads these log lines (anything else is skipped and counted):
   * ours (segzoo.runtime.dllogger): TCAPPDLL {"type": "LOG", "step": [1, 20], "data": {"train.loss": 0.2}}
@@ -323,6 +332,55 @@ def describe(comparison: Comparison | None, labels: Sequence[str], smooth_window
             f"({labels[1]} vs {labels[0]}, moving average of {smooth_window} points)")
 
 
+# The ModelZoo's acceptance rule (SEEDS.md, "How the ModelZoo checks a port").
+MODELZOO_MAX_MEAN_RELATIVE = 0.05
+MODELZOO_MAX_MEAN_ABSOLUTE = 0.0002
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The ModelZoo's signed figures and our two-sided one, over the iterations both logs have.
+
+    signed_relative = mean((port - ref) / ref), signed_absolute = mean(port - ref): the
+    ModelZoo's; passes_modelzoo = signed_relative <= 0.05 or signed_absolute <= 0.0002.
+    two_sided_relative = mean(|port - ref| / |ref|) on the same iterations.
+    """
+    signed_relative: float
+    signed_absolute: float
+    two_sided_relative: float
+    num_common: int
+
+    @property
+    def passes_modelzoo(self) -> bool:
+        return (self.signed_relative <= MODELZOO_MAX_MEAN_RELATIVE
+                or self.signed_absolute <= MODELZOO_MAX_MEAN_ABSOLUTE)
+
+
+def modelzoo_verdict(reference: Records, port: Records) -> Verdict | None:
+    """Verdict over the common iterations (the exact x values both logs hold); None if none."""
+    common, ref_i, port_i = np.intersect1d(reference.train_loss.x, port.train_loss.x, return_indices=True)
+    if len(common) == 0:
+        return None
+    ref, oth = reference.train_loss.y[ref_i], port.train_loss.y[port_i]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        signed = float(np.mean((oth - ref) / ref))
+    # As in compare_loss: a reference loss of exactly 0 would divide by zero.
+    two_sided = float(np.mean(np.abs(oth - ref) / np.maximum(np.abs(ref), np.finfo(np.float64).tiny)))
+    return Verdict(signed, float(np.mean(oth - ref)), two_sided, len(common))
+
+
+def describe_verdict(verdict: Verdict | None, comparison: Comparison | None, labels: Sequence[str]) -> str:
+    if verdict is None:
+        return f"ModelZoo verdict: {labels[1]} and {labels[0]} share no logged iteration"
+    smoothed = "n/a" if comparison is None else f"{100.0 * comparison.mean_relative_difference:.2f}%"
+    return (f"ModelZoo verdict ({labels[1]} vs {labels[0]}, {verdict.num_common} common iterations): "
+            f"{'PASS' if verdict.passes_modelzoo else 'FAIL'} (signed mean relative error "
+            f"{100.0 * verdict.signed_relative:+.2f}% <= {100 * MODELZOO_MAX_MEAN_RELATIVE:g}% or signed mean "
+            f"absolute error {verdict.signed_absolute:+.6f} <= {MODELZOO_MAX_MEAN_ABSOLUTE:g})\n"
+            f"two-sided: mean |port - ref| / ref {100.0 * verdict.two_sided_relative:.2f}% per iteration, "
+            f"{smoothed} smoothed")
+
+
 # ---------------------------------------------------------------------------------------------
 # Plotting
 
@@ -435,14 +493,18 @@ def _summary(r: Records) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logs", nargs="+", metavar="LOG",
                         help="a training log; give a second one to overlay and compare")
-    parser.add_argument("--out", required=True, metavar="PNG", help="the figure to write")
+    parser.add_argument("--out", metavar="PNG",
+                        help="the figure to write (default: the first LOG's name with .png, beside it)")
     parser.add_argument("--labels", nargs="+", help="legend names, one per log")
     parser.add_argument("--smooth", type=int, default=DEFAULT_SMOOTH, metavar="N",
                         help=f"moving-average window in logged points (default {DEFAULT_SMOOTH})")
+    parser.add_argument("--max_rel_diff", type=float, default=None, metavar="X",
+                        help="with two logs: exit 1 when mean |port - ref| / |ref| per iteration exceeds X "
+                             "(a fraction: 0.02 for 2%%)")
     return parser
 
 
@@ -455,14 +517,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--labels: {len(args.labels)} names for {len(args.logs)} logs")
     if args.smooth < 1:
         parser.error(f"--smooth must be >= 1, got {args.smooth}")
+    if args.max_rel_diff is not None and (len(args.logs) != 2 or not args.max_rel_diff >= 0):
+        parser.error("--max_rel_diff takes a fraction >= 0 and needs two logs (reference, port)")
+    out = args.out or str(Path(args.logs[0]).with_suffix(".png"))
     try:
         records = [read_log(path) for path in args.logs]
         for r in records:
             print(_summary(r))
-        plot(records, args.out, labels=args.labels, smooth=args.smooth)
+        plot(records, out, labels=args.labels, smooth=args.smooth)
+        verdict = None
+        if len(records) == 2:
+            labels = args.labels or _default_labels(records)
+            window = min(args.smooth, max(1, min(len(r.train_loss.y) for r in records) // 10))
+            verdict = modelzoo_verdict(records[0], records[1])
+            print(describe_verdict(verdict, compare_loss(records[0], records[1], window), labels))
     except UserError as err:
         exit_with(err)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
+    if args.max_rel_diff is not None:
+        if verdict is None or verdict.two_sided_relative > args.max_rel_diff:
+            figure = "no common iterations" if verdict is None else f"{100.0 * verdict.two_sided_relative:.2f}%"
+            print(f"FAIL: two-sided mean relative difference {figure} exceeds --max_rel_diff "
+                  f"{100.0 * args.max_rel_diff:g}%")
+            return 1
+        print(f"PASS: two-sided mean relative difference {100.0 * verdict.two_sided_relative:.2f}% <= "
+              f"--max_rel_diff {100.0 * args.max_rel_diff:g}%")
     return 0
 
 
