@@ -115,3 +115,23 @@ def test_help_states_the_example_opset_and_dynamic_axes():
     assert out.returncode == 0, out.stderr
     assert "python tools/export.py --ckpt" in out.stdout and f"opset {export.OPSET}" in out.stdout
     assert "dynamic" in out.stdout and "axes N, H and W" in out.stdout
+
+
+@pytest.mark.parametrize("mode", ["collect", "distribute"])
+def test_gather_psa_mask_equals_the_portable_op(mode):
+    from segzoo.ops.psamask import psa_mask
+    for height, width, mask_h, mask_w in [(5, 7, 9, 13), (4, 6, 7, 11), (5, 7, 3, 5), (6, 4, 4, 6)]:
+        x = torch.randn(2, mask_h * mask_w, height, width)
+        want = psa_mask(x, mode, (mask_h, mask_w), impl="portable")
+        assert torch.equal(export.gather_psa_mask(x, mode, (mask_h, mask_w)), want)
+
+
+def test_psanet_onnx_export_matches_pytorch(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[onnx])")
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install -e .[onnx])")
+    ckpt, out = tmp_path / "best.pth", tmp_path / "psanet.onnx"
+    make_checkpoint(ckpt, "psanet")
+    result = run_export(capsys, "--ckpt", ckpt, "--format", "onnx", "--out", out)
+    assert result.rc == 0, result.describe()
+    errors = printed_errors(result.stdout)
+    assert len(errors) == 2 and all(e <= 1e-3 for e in errors.values()), result.stdout

@@ -73,6 +73,46 @@ def make_size_generic(model: nn.Module) -> nn.Module:
     return model
 
 
+def gather_psa_mask(x: torch.Tensor, mode: str = "collect", mask_size=None, impl: str = "auto") -> torch.Tensor:
+    """PSANet's PSA mask (segzoo.ops.psamask semantics) as one gather with indices computed from
+    the input's size at run time: (N, mH*mW, H, W) -> (N, H*W, H, W). The portable op's
+    as_strided band view bakes the traced size into its strides, so exports use this instead.
+
+    collect: out[n, th*W+tw, h*W+w] = x[n, (th-h+hH)*mW + (tw-w+hW), h, w] inside the mask, else 0;
+    distribute is its (HW, HW) transpose."""
+    n, channels, height, width = x.shape
+    if mask_size is None:
+        mask_h, mask_w = 2 * height - 1, 2 * width - 1
+    elif isinstance(mask_size, int):
+        mask_h = mask_w = mask_size
+    else:
+        mask_h, mask_w = (int(v) for v in mask_size)
+    rows, cols = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
+    # (target, pixel) grids over the flattened H*W map
+    t_h, t_w = rows.repeat_interleave(width), cols.repeat(height)
+    i = t_h[:, None] - t_h[None, :] + (mask_h - 1) // 2
+    j = t_w[:, None] - t_w[None, :] + (mask_w - 1) // 2
+    inside = (i >= 0) & (i < mask_h) & (j >= 0) & (j < mask_w)
+    index = torch.where(inside, i * mask_w + j, torch.zeros_like(i))
+    flat = x.reshape(n, channels, height * width)
+    out = torch.gather(flat, 1, index.unsqueeze(0).expand(n, -1, -1)) * inside.to(x.dtype)
+    if mode == "distribute":
+        out = out.transpose(1, 2)
+    return out.reshape(n, height * width, height, width)
+
+
+@contextlib.contextmanager
+def exportable_psa_mask():
+    """PSANet calls gather_psa_mask while the graph is traced."""
+    from segzoo.models import psanet
+    original = psanet.psa_mask
+    psanet.psa_mask = gather_psa_mask
+    try:
+        yield
+    finally:
+        psanet.psa_mask = original
+
+
 class Deployable(nn.Module):
     """(N, 3, H, W) float RGB 0..255 -> (N, K, H, W) logits: normalisation + the segmentor's "out"."""
 
@@ -191,12 +231,13 @@ def main(argv=None) -> int:
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
                 warnings.simplefilter("ignore", FutureWarning)
-                if args.format == "onnx":
-                    export_onnx(module, inputs[0], Path(temp))
-                    runner = onnx_runner(Path(temp))
-                else:
-                    export_torchscript(module, inputs[0], Path(temp))
-                    runner = torchscript_runner(Path(temp))
+                with exportable_psa_mask():
+                    if args.format == "onnx":
+                        export_onnx(module, inputs[0], Path(temp))
+                        runner = onnx_runner(Path(temp))
+                    else:
+                        export_torchscript(module, inputs[0], Path(temp))
+                        runner = torchscript_runner(Path(temp))
             errors = max_abs_errors(module, runner, inputs)
             worst = max(error for _, error in errors)
             if worst <= args.tolerance:  # NaN fails too
