@@ -362,6 +362,9 @@ def collect(results: list[dict], out: Path) -> dict:
             if recs:
                 (out / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in recs))
         records[name] = recs
+        errors = [rec for rec in recs if "error" in rec] if name == "anchor" else []
+        if errors and r["status"] == "ok":  # the anchor prints a mode's exception as a record and goes on
+            r["status"], r["reason"] = "failed", f"mode {errors[0].get('mode')}: {errors[0]['error'][:120]}"
         r["figures"] = key_figures(name, recs, out / r["log"]) if r["status"] != "skipped" else r["reason"]
     return records
 
@@ -517,6 +520,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--parts {args.parts!r}: unknown part {', '.join(unknown) or '(none)'}; "
                      f"choose from {','.join(PART_NAMES)}")
     args.parts = wanted
+    # Parts run in OUT_DIR: paths the user gave relative to where they are must not change meaning.
+    args.anchor, args.data = (str(Path(p).expanduser().resolve()) for p in (args.anchor, args.data))
     if args.time_limit is None:
         args.time_limit = SMOKE_TIME_LIMIT if args.smoke else TIME_LIMIT
     return args
