@@ -7,7 +7,6 @@ setup makes (keep an importable torch, else install TORCH_SPEC) is checked both 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tomllib
 from pathlib import Path

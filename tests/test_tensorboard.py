@@ -9,7 +9,7 @@ import pytest
 
 from segzoo.engine.config import parse_train_args
 from segzoo.runtime.tensorboard import TensorBoardWriter
-from tests.helpers import TINY_RUN, assert_one_line_error, run_process, run_train, snapshot, REPO
+from tests.helpers import REPO, TINY_RUN, assert_one_line_error, run_process, run_train
 
 
 def event_accumulator(log_dir):
