@@ -307,8 +307,8 @@ def _print0(info, *text) -> None:
 def report_evaluation(results: dict, class_names, path: Path, logger, step, info) -> None:
     """Print the metrics table (rank 0), write them as JSON to `path` and log the summary."""
     _print0(info, format_table(results, class_names))
-    _print0(info, f"val ({results.get('eval_mode', 'whole')}): {results['images']} images, "
-                  f"loss {results['loss']:.4f}, {results['ips']:.1f} img/s")
+    _print0(info, f"val: {results['images']} images, loss {results['loss']:.4f}, {results['ips']:.1f} img/s "
+                  f"({results.get('eval_mode', 'whole')})")
     if info.is_main:
         record = results_to_json(results, class_names)
         record.update(loss=results["loss"], images=results["images"], eval_mode=results.get("eval_mode", "whole"),
