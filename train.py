@@ -31,6 +31,7 @@ import torch
 
 from segzoo.engine.data import build_datasets, build_loaders
 from segzoo.engine.evaluate import evaluate, report_evaluation
+from segzoo.engine.outputs import RunOutputs
 from segzoo.engine.schedule import Schedule, finalize_schedule
 from segzoo.runtime import distributed as dist
 from segzoo.runtime.atomic import atomic_write, remove_temp_files
@@ -370,6 +371,7 @@ def run(args, stopper: GracefulStop) -> int:
 
 def run_locked(args, stopper, device, info, work_dir: Path, names: dict) -> int:
     check_work_dir(args, work_dir)
+    outputs = RunOutputs(args, work_dir, info)  # a missing tensorboard stops the run before anything is written
     ckpt = None
     if args.auto_resume and not args.test_only:
         found = dist.broadcast_object(str(newest_checkpoint(work_dir, names)[0] or "") if info.is_main else None)
@@ -396,6 +398,7 @@ def run_locked(args, stopper, device, info, work_dir: Path, names: dict) -> int:
         if args.continue_training and not args.test_only:
             trim_log(log_path, int(ckpt.get("global_step", 0)))
     logger = create_logger(log_path, enabled=info.is_main, append=args.continue_training)
+    logger = outputs.attach(logger, val_set, device)  # --tensorboard: scalars, per-class IoU, overlays
     log0(info, f"{args.model_name} ({args.backbone}, OS{args.output_stride}) on {device} x{info.world_size}, "
                f"{len(train_set) if train_set else 0} train / {len(val_set)} val images, {num_classes} classes, "
                f"autocast {amp['dtype'] if amp['enabled'] else 'off'}")
@@ -404,6 +407,8 @@ def run_locked(args, stopper, device, info, work_dir: Path, names: dict) -> int:
         criterion = SegmentationCriterion(num_classes, args.loss_type)
         results = evaluate(model, val_loader, device, amp, criterion, args)
         report_evaluation(results, class_names, work_dir / "metrics" / "test.json", logger, (0, 0), info)
+        logger.log_evaluation(0, results, model)
+        outputs.save_predictions(model, val_set, device)
         logger.flush()
         return 0
 
