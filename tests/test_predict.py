@@ -125,3 +125,14 @@ def test_help_shows_an_example():
     import subprocess
     out = subprocess.run([sys.executable, REPO / "tools" / "predict.py", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "python tools/predict.py --ckpt" in out.stdout
+
+
+def test_save_predictions_without_test_only_is_refused(tmp_path):
+    from types import SimpleNamespace
+    from segzoo.engine.config import parse_train_args
+    from segzoo.engine.outputs import RunOutputs
+    from segzoo.runtime.errors import UserError
+    args = parse_train_args(["--device", "cpu", "--dataset", "demo", "--save_predictions", str(tmp_path / "p")])
+    with pytest.raises(UserError, match="--save_predictions .* --test_only True"):
+        RunOutputs(args, tmp_path / "run", SimpleNamespace(is_main=True))
+    assert not (tmp_path / "p").exists() and not (tmp_path / "run").exists()

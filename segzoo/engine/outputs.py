@@ -140,6 +140,9 @@ class RunOutputs:
 
     def __init__(self, args, work_dir: Path, info):
         from segzoo.runtime.tensorboard import TensorBoardWriter
+        if args.save_predictions and not args.test_only:
+            raise UserError(f"--save_predictions {args.save_predictions} writes the predictions of an evaluation: "
+                            f"add --test_only True --ckpt FILE (or use tools/predict.py)")
         self.args, self.info = args, info
         flag = "--use_vdl" if getattr(args, "use_vdl", False) else "--tensorboard"
         self.writer = TensorBoardWriter(Path(work_dir) / "tb", enabled=bool(args.tensorboard) and info.is_main,
