@@ -39,6 +39,7 @@ from segzoo.runtime.checkpoint import (FORMAT, check_resumable, check_work_dir, 
                                        newest_checkpoint, save_checkpoint, unwrap)
 from segzoo.engine.config import default_workers, parse_train_args, save_args
 from segzoo.runtime.device import Device
+from segzoo.runtime.diskspace import check_room
 from segzoo.runtime.errors import UserError, exit_with
 from segzoo.runtime.lock import WorkDirLock
 from segzoo.runtime.losses import SegmentationCriterion
@@ -350,6 +351,8 @@ def take_work_dir(args, work_dir: Path, info) -> WorkDirLock | None:
                 print(f"removed {name}, left by an interrupted write", flush=True)
         except UserError as err:
             refusal = str(err)
+        except OSError as err:  # read-only or foreign work dir: nothing can be written there
+            refusal = f"--work_dir {work_dir} is not writable ({err.strerror}); pick another --work_dir"
     refusal = dist.broadcast_object(refusal)
     if refusal:
         raise UserError(refusal)
@@ -422,6 +425,16 @@ def run_locked(args, stopper, device, info, work_dir: Path, names: dict) -> int:
             log0(info, f"nothing to do: the checkpoint already finished {state['global_step']} of "
                        f"{schedule.total} iterations")
             return 0
+    refusal = None
+    if info.is_main:  # a disk without room for one checkpoint: say so now, not after the first interval
+        slots = {"sgd": 1 if args.momentum else 0}.get(args.optimizer, 2)  # momentum / Adam moments per weight
+        try:
+            check_room(work_dir, unwrap(model).state_dict(), factor=1 + slots)
+        except UserError as err:
+            refusal = str(err)
+    refusal = dist.broadcast_object(refusal)
+    if refusal:
+        raise UserError(refusal)
     log0(info, f"schedule: {schedule.describe()}")
     first_step = state["global_step"]
     ctx = dict(args=args, info=info, device=device, logger=logger, amp=amp, work_dir=work_dir, names=names,

@@ -204,6 +204,7 @@ def test_a_second_signal_exits_at_once(tiny_dataset, tmp_path):
     while not temp_files(work) and time.monotonic() < deadline:
         time.sleep(0.002)
     run.proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # two signals of one kind sent at once can merge into one delivery
     run.proc.send_signal(signal.SIGINT)
     assert run.finish(timeout=60) == 130, run.describe()
     err = [line for line in run.err if line.strip()]
@@ -433,3 +434,41 @@ def test_a_worker_killed_by_sigkill_is_reported_with_137_and_no_see_above(tmp_pa
     assert result.rc == 137, result.describe()
     assert "killed by SIGKILL" in result.stderr and "see its message above" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_read_only_work_dir_is_one_line(tiny_dataset, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders; the read-only case needs an unprivileged user")
+    work = tmp_path / "ro"
+    work.mkdir()
+    work.chmod(0o555)
+    try:
+        result = run_train(*TINY_RUN, "--dataset_path", tiny_dataset, "--work_dir", work, "--iters", "1",
+                           timeout=180)
+    finally:
+        work.chmod(0o755)
+    assert_one_line_error(result, f"--work_dir {work}", "not writable")
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_ddp_launcher_saves_and_exits_143(tiny_dataset, tmp_path):
+    work = tmp_path / "ddp"
+    run = Watched([sys.executable, LAUNCHER, *TINY_RUN, "--batch_size", "2", "--dataset_path", tiny_dataset,
+                   "--work_dir", work, "--distributed", "True", "--nproc_per_node", "2",
+                   "--master_port", str(free_port()), "--iters", "500", "--print_interval", "1",
+                   "--save_interval", "1000", "--val_interval", "1000"])
+    assert run.wait_for("iter 2/", timeout=240), run.describe()
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish(timeout=120) == 143, run.describe()
+    err = "".join(run.err)
+    assert "Traceback" not in err and "stopped by SIGTERM at iteration" in err, run.describe()
+    assert load(work / ckpt_name("latest"))["global_step"] >= 2
+    assert temp_files(work) == [] and not (work / LOCK_NAME).exists()
+
+
+def test_out_of_memory_errors_are_recognised():
+    import train
+    assert train.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert train.is_out_of_memory(torch.OutOfMemoryError("sdaa out of memory"))
+    assert not train.is_out_of_memory(RuntimeError("shape mismatch"))

@@ -26,8 +26,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        # An interrupt inside `write` (KeyboardInterrupt, a second stop signal) can make the
+        # writer's own clean-up fail too (torch.save's zip writer then raises RuntimeError
+        # "unexpected pos"); report the interrupt, not that follow-up error.
+        cause = exc.__context__
+        while cause is not None and isinstance(exc, Exception):
+            if not isinstance(cause, Exception):
+                raise cause from None
+            cause = cause.__context__
         raise
 
 

@@ -29,14 +29,15 @@ def mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def check_room(folder, state: dict) -> int:
+def check_room(folder, state, factor: float = 1.0) -> int:
     """Raise UserError when `folder`'s file system has less free space than one checkpoint of
-    `state` needs; returns the estimate in bytes."""
-    need = int(state_bytes(state) * OVERHEAD) + SLACK
+    `state` (times `factor`, for an estimate made before the optimizer has its state) needs;
+    returns the estimate in bytes."""
+    need = int(state_bytes(state) * factor * OVERHEAD) + SLACK
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < need:
         raise UserError(f"--work_dir {folder}: only {mib(free)} free, a checkpoint needs about {mib(need)}; "
-                        f"free some space or pick another --work_dir (nothing was written)")
+                        f"free some space or pick another --work_dir (no checkpoint was written)")
     return need
