@@ -77,6 +77,61 @@ def test_failing_part_is_reported_and_the_rest_still_run(tmp_path):
     assert anchor_target["verdict"].startswith("no figure") and "anchor" in anchor_target["verdict"]
 
 
+def gpu_plan(out: Path, *flags: str) -> dict:
+    """The GPU run's commands, as planned on this machine (nothing runs)."""
+    return dict(gpu_check.planned_commands(gpu_check.parse_args([str(out), *flags]), out))
+
+
+def test_gpu_commands_are_accepted_by_their_tools(tmp_path):
+    """The GPU run cannot run here; its benchmark and bench_ops command lines can still be parsed
+    by the tools' own parsers, so a renamed flag shows up in the test suite, not on the GPU."""
+    from tools import bench_ops, benchmark
+    bench_parts = [name for name in gpu_check.PART_NAMES if name.startswith(("pspnet_", "psanet", "ccnet"))]
+    planned = gpu_plan(tmp_path, "--parts", ",".join(["bench_ops", *bench_parts]))
+    bench_parts = [name for name in gpu_check.PART_NAMES if name.startswith(("pspnet_", "psanet", "ccnet"))]
+    for name in bench_parts:
+        argv = [str(a) for a in planned[name]]
+        assert argv[1].endswith("tools/benchmark.py") and "--device" in argv and "cuda" in argv, argv
+        parsed = benchmark.build_parser().parse_args(argv[2:])  # a bad flag exits here
+        assert parsed.device == "cuda" and parsed.json == str(tmp_path / f"{name}.jsonl")
+    compiled = benchmark.build_parser().parse_args([str(a) for a in planned["pspnet_bf16_compiled"][2:]])
+    assert compiled.compile and compiled.channels_last and compiled.amp_dtype == "bfloat16"
+    ops = bench_ops.parse_args([str(a) for a in planned["bench_ops"][2:]])
+    assert ops.shape == "production" and ops.device == "cuda"
+    tests_part = next(p for p in gpu_check.plan(gpu_check.parse_args([str(tmp_path)]), tmp_path, {})
+                      if p.name == "tests")
+    assert tests_part.env["SEG_TEST_DEVICE"] == "cuda"
+
+
+def test_gpu_anchor_command_uses_flags_the_anchor_has(tmp_path):
+    anchor = Path(gpu_check.DEFAULT_ANCHOR)
+    if not anchor.is_file():
+        pytest.skip(f"the anchor is not at {anchor} (it lives in ../shared beside the repo)")
+    source = anchor.read_text()
+    argv = [str(a) for a in gpu_plan(tmp_path, "--parts", "anchor")["anchor"]]
+    flags = [a for a in argv if a.startswith("--")]
+    assert flags and all(f'add_argument("{flag}"' in source for flag in flags), flags
+    # the anchor reads precision, layout and compile from substrings of a mode's name; these are in its defaults
+    modes = argv[argv.index("--modes") + 1].split(",")
+    assert modes == ["bf16_cl", "bf16_cl_compile"] and all(m in source for m in modes)
+
+
+@pytest.mark.slow
+def test_gpu_train_and_eval_commands_pass_the_launcher(tmp_path):
+    """--dry_run True: the launcher checks every flag and prints the train.py command it would run."""
+    from segzoo.datasets.demo import make_demo_dataset
+    make_demo_dataset(tmp_path / "demo", num_train=2, num_val=1, size=(32, 32))
+    for name in ("train", "eval"):
+        if name == "eval":  # planned only once a checkpoint exists (and planning train empties its work dir)
+            (tmp_path / "train_run").mkdir(exist_ok=True)
+            (tmp_path / "train_run" / "latest_pspnet_voc.pth").write_bytes(b"")
+        argv = [str(a) for a in gpu_plan(tmp_path, "--parts", name)[name]]
+        assert "--device" in argv and argv[argv.index("--device") + 1] == "cuda", argv
+        assert ("--test_only" in argv) == (name == "eval")
+        res = run_process([*argv, "--dry_run", "True"], 120)
+        assert res.rc == 0 and "train.py" in res.stdout, (name, res.describe())
+
+
 def test_unknown_part_is_refused(tmp_path):
     res = run_process([sys.executable, REPO / "tools" / "gpu_check.py", tmp_path, "--parts", "anchor,bogus"], 60)
     assert res.rc == 2 and "bogus" in res.stderr.splitlines()[-1], res.describe()
