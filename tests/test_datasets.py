@@ -17,7 +17,7 @@ from segzoo.datasets import (DEMO_CLASSES, VOC_CLASSES, VOC_PALETTE, SeededDistr
 from segzoo.datasets import image_io
 from segzoo.datasets.demo import STAMP_FILE
 from segzoo.datasets.image_io import read_image, read_label, write_palette_png
-from segzoo.runtime.errors import UserError, one_line
+from segzoo.runtime.errors import UserError, flag_message, one_line
 from tools import make_demo_data
 
 # ----------------------------------------------------------------------------- helpers
@@ -77,7 +77,7 @@ def png_bytes(indices: np.ndarray, bit_depth: int, palette: np.ndarray, extra_ch
 def expect_user_error(match_parts, fn, *args, **kwargs) -> str:
     with pytest.raises(UserError) as info:
         fn(*args, **kwargs)
-    message = str(info.value)
+    message = flag_message(info.value)  # as the command line prints it
     assert "\n" not in message, message
     for part in match_parts:
         assert str(part) in message, f"{part!r} not in {message!r}"

@@ -184,7 +184,7 @@ class SegmentationDataset(Dataset):
             allowed = np.flatnonzero(self.table.allowed)
             raise UserError(
                 f"{label_path} holds label value {bad[0]}, which {self.table.source} do not have "
-                f"(allowed: {_ranges(allowed)}); check --dataset, --num_classes or the labels")
+                f"(allowed: {_ranges(allowed)}); check ‹dataset›, ‹num_classes› or the labels")
 
     def __getitem__(self, item):
         if isinstance(item, (tuple, list)):

@@ -77,8 +77,8 @@ def label_protocol(voc_root: Path, num_classes: Optional[int]) -> LabelProtocol:
     if names_file.is_file():
         names = _read_class_names(names_file)
         if num_classes is not None and num_classes != len(names):
-            raise UserError(f"--num_classes {num_classes} does not match {names_file}, which "
-                            f"lists {len(names)} classes; pass --num_classes {len(names)} or leave it out")
+            raise UserError(f"‹num_classes› {num_classes} does not match {names_file}, which "
+                            f"lists {len(names)} classes; pass ‹num_classes› {len(names)} or leave it out")
         if len(names) > IGNORE_INDEX:
             raise UserError(f"{names_file} lists {len(names)} classes; at most {IGNORE_INDEX} are "
                             f"supported because label value {IGNORE_INDEX} means 'ignore'")
@@ -88,7 +88,7 @@ def label_protocol(voc_root: Path, num_classes: Optional[int]) -> LabelProtocol:
     if num_classes == len(VOC_CLASSES) - 1:
         return LabelProtocol(VOC_CLASSES[1:], len(VOC_CLASSES), True,
                              "VOC classes without background")
-    raise UserError(f"--num_classes {num_classes} does not fit VOC labels (there is no {names_file}): "
+    raise UserError(f"‹num_classes› {num_classes} does not fit VOC labels (there is no {names_file}): "
                     f"use 21 (background is class 0) or 20 (background ignored), or add "
                     f"{CLASS_NAMES_FILE} with one name per class")
 

@@ -66,8 +66,8 @@ class PSABranch(nn.Module):
         windows = self.attention(x)
         if self.compact:
             if (h, w) != self.mask:
-                raise UserError(f"PSANet --psa_compact True was built for {self.mask[0]}x{self.mask[1]} attention "
-                                f"maps but got {h}x{w}: evaluate on crops of the training size (--crop_val True)")
+                raise UserError(f"PSANet ‹psa_compact› True was built for {self.mask[0]}x{self.mask[1]} attention "
+                                f"maps but got {h}x{w}: evaluate on crops of the training size (‹crop_val› True)")
             dense = windows.view(n, h * w, h * w)
             if self.mode == "distribute":
                 dense = dense.transpose(1, 2)

@@ -131,7 +131,7 @@ def select(op: str, device: torch.device, impl: str, portable: Callable) -> Call
         UserError: unknown `impl`, or `impl="kernel"` where no kernel exists.
     """
     if impl not in IMPLS:
-        raise UserError(f"--ops_impl {impl!r} is not known; choose one of {', '.join(IMPLS)}")
+        raise UserError(f"‹ops_impl› {impl!r} is not known; choose one of {', '.join(IMPLS)}")
     device_type = _device_type(device)
     if impl == "portable":
         _announce(op, device_type, impl, "portable", "")
@@ -139,8 +139,8 @@ def select(op: str, device: torch.device, impl: str, portable: Callable) -> Call
     why = _missing_kernel_reason(op, device_type, impl == "kernel")
     if why:
         if impl == "kernel":
-            raise UserError(f"--ops_impl kernel: no {op} kernel on device '{device_type}': {why}; "
-                            f"use --ops_impl auto or portable")
+            raise UserError(f"‹ops_impl› kernel: no {op} kernel on device '{device_type}': {why}; "
+                            f"use ‹ops_impl› auto or portable")
         _announce(op, device_type, impl, "portable", why)
         return portable
     _announce(op, device_type, impl, "kernel", "")

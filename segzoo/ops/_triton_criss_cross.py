@@ -137,7 +137,7 @@ def _line_matmul(c: torch.Tensor, c_offset: int, c_mn: tuple[int, int],
     """C[line] (+)= A[line] @ B[line] over the lines of `axis`. Each matrix is given by its base
     tensor (line strides from `_lines`), an element offset and its two in-matrix strides."""
     if max(t.numel() for t in (a, b, c)) >= 2 ** 31:  # in-line offsets are int32
-        raise ValueError("criss_cross kernel: tensors this large need int64 offsets; use --ops_impl portable")
+        raise ValueError("criss_cross kernel: tensors this large need int64 offsets; use ‹ops_impl› portable")
     la, lb, lc = _lines(a, axis), _lines(b, axis), _lines(c, axis)
     block_m, block_n, block_k = _block(m, 16, 64), _block(n, 16, 64), _block(k, 16, 32)
     grid = (lc.count, triton.cdiv(m, block_m) * triton.cdiv(n, block_n))

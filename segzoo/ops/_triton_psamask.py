@@ -74,7 +74,7 @@ def _launch(src: torch.Tensor, dst: torch.Tensor, mask_h: int, mask_w: int, coll
     n_batch, rows, height, width = dst.shape
     if max(src[0].numel(), dst[0].numel()) >= 2 ** 31:  # offsets inside one sample are int32
         raise ValueError(f"psa_mask kernel: one sample of {tuple(src.shape)} is too large for int32 "
-                         f"offsets; use --ops_impl portable")
+                         f"offsets; use ‹ops_impl› portable")
     grid = (triton.cdiv(height * width, _BLOCK_C), triton.cdiv(rows, _BLOCK_R), n_batch)
     wrap_triton(_psa_mask_kernel)[grid](
         src, dst, rows, height, width, mask_h, mask_w, src.stride(0), dst.stride(0),

@@ -53,21 +53,21 @@ def _import_plugin(kind: DeviceType) -> None:
         importlib.import_module(kind.plugin)
     except ImportError as exc:
         raise UserError(
-            f"--device {kind.name} needs the vendor package '{kind.plugin}', which is not importable "
-            f"here ({exc}); install the vendor's PyTorch plugin or use --device cuda/cpu"
+            f"‹device› {kind.name} needs the vendor package '{kind.plugin}', which is not importable "
+            f"here ({exc}); install the vendor's PyTorch plugin or use ‹device› cuda/cpu"
         ) from None
 
 
 def device_type(name: str) -> DeviceType:
     """Look a device type up and load its plugin; a clear error for unknown or absent devices."""
     if name not in DEVICE_TYPES:
-        raise UserError(f"--device {name!r} is not known; choose one of {', '.join(DEVICE_TYPES)}")
+        raise UserError(f"‹device› {name!r} is not known; choose one of {', '.join(DEVICE_TYPES)}")
     kind = DEVICE_TYPES[name]
     _import_plugin(kind)
     ns = _namespace(kind)
     if ns is not None and not ns.is_available():
-        raise UserError(f"--device {name} was asked for but no {name} device is available on this machine; "
-                        f"use --device cpu or check the driver")
+        raise UserError(f"‹device› {name} was asked for but no {name} device is available on this machine; "
+                        f"use ‹device› cpu or check the driver")
     return kind
 
 
@@ -96,7 +96,7 @@ class Device:
             count = self._ns.device_count()
             if index >= count:
                 raise UserError(f"{name}:{index} was asked for but only {count} {name} device(s) are present; "
-                                f"lower --nproc_per_node or --default_rank")
+                                f"lower ‹nproc_per_node› or ‹default_rank›")
             self._ns.set_device(index)
             self.torch_device = torch.device(name, index)
         else:
@@ -137,7 +137,7 @@ class Device:
         if requested in ("auto", None):
             return self.kind.amp_dtype
         if requested not in AMP_DTYPES:
-            raise UserError(f"--amp_dtype {requested!r} is not known; choose auto, float16 or bfloat16")
+            raise UserError(f"‹amp_dtype› {requested!r} is not known; choose auto, float16 or bfloat16")
         return AMP_DTYPES[requested]
 
     def autocast(self, enabled: bool, dtype: torch.dtype):
@@ -184,7 +184,7 @@ class Device:
     # ---- model conversion and backend tuning -------------------------------------------------
     def convert_sync_batchnorm(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.name == "cpu":
-            raise UserError("--sync_bn True needs cuda or sdaa: PyTorch's SyncBatchNorm does not run on cpu")
+            raise UserError("‹sync_bn› True needs cuda or sdaa: PyTorch's SyncBatchNorm does not run on cpu")
         if self.name == "sdaa":
             import torch_sdaa
             return torch_sdaa.nn.SyncBatchNorm.convert_sync_batchnorm(model)

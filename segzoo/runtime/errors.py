@@ -11,21 +11,28 @@ class UserError(Exception):
     that names the file or setting and says what to do."""
 
 
+def setting(key: str) -> str:
+    """How library code names a setting in a message: ``‹key›``. Library code knows settings by
+    their key, not by how a front end spells them; the command-line entry points print ``‹key›``
+    as ``--key`` (``flag_message``), a Python caller sees ``‹key›``."""
+    return f"\u2039{key}\u203a"
+
+
+_SETTING = re.compile("\u2039(\\w+)\u203a")
+
+
 class OptionError(UserError):
-    """A bad value of a named setting, raised by library code that knows settings by their key
-    (``backbone``) and not by their command-line spelling. ``str()`` gives "backbone 'x' is ...";
-    the entry point (``flag_message``) turns it into "--backbone 'x' is ..."."""
+    """A bad value of a named setting: ``OptionError("backbone", "resnet7", "is not known; ...")``
+    reads "‹backbone› 'resnet7' is not known; ..." (``--backbone ...`` on the command line)."""
 
     def __init__(self, key: str, value, problem: str):
         self.key, self.value, self.problem = key, value, problem
-        super().__init__(f"{key} {value!r} {problem}")
+        super().__init__(f"{setting(key)} {value!r} {problem}")
 
 
 def flag_message(err: BaseException) -> str:
-    """The line a command-line user sees: an OptionError's key spelled as its flag."""
-    if isinstance(err, OptionError):
-        return f"--{err.key} {err.value!r} {err.problem}"
-    return one_line(err)
+    """The line a command-line user sees: the error's one line with every setting spelled as its flag."""
+    return _SETTING.sub(r"--\1", one_line(err))
 
 
 def one_line(err: BaseException) -> str:

@@ -31,9 +31,9 @@ _SHOWN = 4  # how many offending keys a message lists before counting the rest
 
 def _read(path: Path) -> object:
     if not path.exists():
-        raise UserError(f"--pretrained {path}: no such file; give the path of a local ImageNet checkpoint")
+        raise UserError(f"‹pretrained› {path}: no such file; give the path of a local ImageNet checkpoint")
     if not path.is_file():
-        raise UserError(f"--pretrained {path}: not a file; give the path of a checkpoint file (.pth)")
+        raise UserError(f"‹pretrained› {path}: not a file; give the path of a checkpoint file (.pth)")
     try:
         with warnings.catch_warnings():
             # Plain pickles (not torch.save) warn about their protocol before failing below.
@@ -44,12 +44,12 @@ def _read(path: Path) -> object:
         if needs_pickle:
             # Unpickling arbitrary objects can run arbitrary code: never done silently.
             raise UserError(
-                f"--pretrained {path}: the file stores Python objects ({needs_pickle.group(1)}) that only "
+                f"‹pretrained› {path}: the file stores Python objects ({needs_pickle.group(1)}) that only "
                 "torch.load(weights_only=False) can read, which may run arbitrary code; if you trust the "
                 "file, load it that way once, torch.save only its state dict and pass that file"
             ) from None
         raise UserError(
-            f"--pretrained {path}: not a PyTorch checkpoint ({_short_reason(err)}); "
+            f"‹pretrained› {path}: not a PyTorch checkpoint ({_short_reason(err)}); "
             "give a .pth file written by torch.save"
         ) from None
 
@@ -68,11 +68,11 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     while isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in _WRAPPER_KEYS):
         obj = next(obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping))
     if not isinstance(obj, Mapping) or not obj:
-        raise UserError(f"--pretrained {path}: holds no state dict (found {type(obj).__name__}); "
+        raise UserError(f"‹pretrained› {path}: holds no state dict (found {type(obj).__name__}); "
                         "give a checkpoint of ResNet weights")
     not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise UserError(f"--pretrained {path}: entries {not_tensors[:_SHOWN]} are not tensors; give a state "
+        raise UserError(f"‹pretrained› {path}: entries {not_tensors[:_SHOWN]} are not tensors; give a state "
                         "dict, or a checkpoint with it under 'state_dict' or 'model'")
     state = {}
     for key, value in obj.items():
@@ -116,8 +116,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> str:
     stem = _stem_of(state)
     if stem is not None and stem != backbone.stem:
         raise UserError(
-            f"--pretrained {path} has a {stem} stem ({_LAYOUT_OF_STEM[stem]}) but the backbone was built "
-            f"with --stem {backbone.stem}; use --stem {stem} or a checkpoint with a {backbone.stem} stem"
+            f"‹pretrained› {path} has a {stem} stem ({_LAYOUT_OF_STEM[stem]}) but the backbone was built "
+            f"with ‹stem› {backbone.stem}; use ‹stem› {stem} or a checkpoint with a {backbone.stem} stem"
         )
 
     own = backbone.state_dict()
@@ -140,8 +140,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> str:
         if reshaped:
             problems.append("other shape " + _listed(
                 reshaped, lambda k: f"{k} file {list(state[k].shape)} vs model {list(own[k].shape)}"))
-        raise UserError(f"--pretrained {path} does not fit the backbone: {'; '.join(problems)}; "
-                        "check that --backbone and --stem match the checkpoint")
+        raise UserError(f"‹pretrained› {path} does not fit the backbone: {'; '.join(problems)}; "
+                        "check that ‹backbone› and ‹stem› match the checkpoint")
 
     backbone.load_state_dict(state, strict=True)
     return f"loaded {loaded} tensors from {path} ({_LAYOUT_OF_STEM[backbone.stem]})"
