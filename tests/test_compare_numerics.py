@@ -131,3 +131,23 @@ def test_dump_of_another_model_is_refused(tmp_path, capsys):
               "--against", str(dump)])
     err = capsys.readouterr().err
     assert "dump of another model" in err and "num_classes 5 there, 6 here" in err
+
+
+def test_batch_from_a_dataset_follows_the_training_sampler(tiny_dataset, tmp_path):
+    from segzoo.datasets.sampler import SeededDistributedSampler
+    from segzoo.engine.config import parse_train_args
+    from segzoo.engine.data import build_datasets
+    from segzoo.runtime.distributed import DistInfo
+
+    flags = ["--model_name", "pspnet", "--backbone", "resnet18", "--crop_size", "32", "--batch_size", "2",
+             "--dataset", "demo", "--dataset_path", str(tiny_dataset), "--random_seed", "4"]
+    dump = tmp_path / "a.pt"
+    assert main([*flags, "--dump", str(dump)]) == 0
+    # The batch is the first one train.py's sampler deals out for this seed, augmentation included.
+    args = parse_train_args(flags + ["--device", "cpu"])
+    train_set, _ = build_datasets(args, DistInfo())
+    items = list(SeededDistributedSampler(len(train_set), 1, 0, shuffle=True, seed=4))[:2]
+    samples = [train_set[item] for item in items]
+    expected = numerics.tensor_hash([torch.stack([s[0] for s in samples]).float(),
+                                     torch.stack([s[1] for s in samples]).long()])
+    assert torch.load(dump, weights_only=True)["meta"]["batch_hash"] == expected

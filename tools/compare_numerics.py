@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--against", default=None, metavar="FILE", help="compare side --b with this dump")
     parser.add_argument("--out_dir", default=None, help="where CSV, JSON and PNG go (default numerics_<model>)")
     parser.add_argument("--min_cosine", type=float, default=None, help="override the dtype's cosine bar")
-    parser.add_argument("--tolerance", type=float, default=None, help="override the relative tolerance (0.001 or 0.005)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="override the relative tolerance (0.001 or 0.005)")
     parser.add_argument("--min_share", type=float, default=None, help="override the share-within-tolerance bar")
     parser.add_argument("--max_rows", type=int, default=40, help="table rows to print around the first failure")
     return parser
@@ -129,10 +130,12 @@ def load_batch(args) -> tuple[torch.Tensor, torch.Tensor]:
         from segzoo.engine.data import build_datasets
         from segzoo.runtime.distributed import DistInfo
         train_set, _ = build_datasets(args, DistInfo())
+        args.num_classes = train_set.num_classes  # the data's (build_datasets checked a given one)
         sampler = SeededDistributedSampler(len(train_set), 1, 0, shuffle=True, seed=args.random_seed)
         items = list(sampler)[:args.batch_size]
         if len(items) < args.batch_size:
-            raise UserError(f"--batch_size {args.batch_size}: {args.dataset_path} has only {len(items)} training images")
+            raise UserError(f"--batch_size {args.batch_size}: {args.dataset_path} has only {len(items)} "
+                            f"training images")
         samples = [train_set[item] for item in items]
         return torch.stack([s[0] for s in samples]).float(), torch.stack([s[1] for s in samples]).long()
     generator = torch.Generator().manual_seed(args.random_seed)
@@ -312,10 +315,10 @@ def run(argv: Sequence[str]) -> int:
         value = getattr(own, flag)
         if value is not None and not 0.0 <= value <= 1.0:
             raise UserError(f"--{flag} {value} must lie in [0, 1]")
-    defaults = {"device": "cpu", "num_classes": 21, "batch_size": 2, "crop_size": 128}
+    defaults = {"device": "cpu", "batch_size": 2, "crop_size": 128}
     dataset_path_given = any(a == "--dataset_path" or a.startswith("--dataset_path=") for a in rest)
-    if not dataset_path_given:
-        defaults["dataset"] = "demo"  # parsed only; the batch is synthetic
+    if not dataset_path_given:  # parsed only; the batch is synthetic, with 21 classes unless told
+        defaults.update(dataset="demo", num_classes=21)
     args = parse_train_args(rest, defaults=defaults)
     args.dataset_path_given = dataset_path_given
     for flag in ("dump", "against", "allow_different_weights", "ckpt_b"):

@@ -16,8 +16,8 @@ mille for float32/float64, 5 per mille for bfloat16/float16) is below min_share.
 (THRESHOLDS) follow what one rounding of the format allows: float32 carries ~7 decimal digits,
 so a faithful port agrees to 1e-3 almost everywhere; bfloat16 (8 bits of mantissa, one rounding
 is up to 2e-3 relative) and float16 (11 bits) lose more with every layer, so they are judged by
-the cosine alone (see THRESHOLDS). A scale error of 1% anywhere moves every element of that tensor out of 1 per mille while
-leaving the cosine at 1.0, which is why both figures are checked.
+the cosine alone (see THRESHOLDS). A scale error of 1% anywhere moves every element of that
+tensor out of 1 per mille while leaving the cosine at 1.0, which is why float32 checks both.
 
 Capture: `capture(model, inputs, loss_fn)` runs one forward and backward and returns, in
 execution order, every module's output (forward hooks; a module called twice, e.g. CCNet's
