@@ -35,7 +35,7 @@ def test_capture_records_outputs_in_execution_order_and_gradients():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(inplace=True), torch.nn.Linear(4, 1))
     result = numerics.capture(model, torch.randn(2, 3), lambda out: out.sum())
     assert [n for n, _ in result.outputs] == ["0", "1", "2", "<model>"]
-    assert [n for n, _ in result.grads] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [n for n, _ in result.grads] == ["2.weight", "2.bias", "0.weight", "0.bias"]  # backward order
     # The Linear's output was recorded before the in-place ReLU changed it.
     assert (result.outputs[0][1] < 0).any()
 

@@ -10,9 +10,9 @@ Both sides build the same model (the train.py flags: --model_name, --backbone, -
 --crop_size, --batch_size, model options), load the same weights (--ckpt, or the same seeded
 random init from --random_seed), and run one forward and backward on one fixed batch: the first
 training batch of --dataset_path (its seeded augmentation, as train.py draws it) or a seeded
-synthetic one. Every module's output (execution order) and every parameter's gradient is
-compared: cosine similarity, max abs and rel error, share of elements within 1 and 5 per mille
-(segzoo/runtime/numerics.py). The first module whose figures cross the threshold is named.
+synthetic one. Every module's output (execution order) and every parameter's gradient
+(backward order) is compared: cosine similarity, max abs and rel error, share of elements
+within 1 and 5 per mille (segzoo/runtime/numerics.py). The first module whose figures cross the threshold is named.
 
 Mode: train mode (BatchNorm normalises with the batch's statistics, so BN's training kernels
 are exercised) with every Dropout switched to eval, because dropout masks come from each
@@ -265,7 +265,7 @@ def plot(rows: list[dict], threshold: numerics.Threshold, meta: dict, path: Path
         if failed is not None:
             ax.axvline(failed["index"], color="red", lw=1, label=f"first failure: {failed['name']}")
         ax.set(xlabel="module output, execution order" if kind == "output" else
-               "parameter gradient, order of the owning module's first call", ylabel="error")
+               "parameter gradient, backward order", ylabel="error")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"{meta['model']}: {meta['a']} vs {meta['b']} (dashed: thresholds)")

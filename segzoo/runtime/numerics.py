@@ -21,8 +21,8 @@ tensor out of 1 per mille while leaving the cosine at 1.0, which is why float32 
 
 Capture: `capture(model, inputs, loss_fn)` runs one forward and backward and returns, in
 execution order, every module's output (forward hooks; a module called twice, e.g. CCNet's
-shared recurrence, appears as `name#2`) and every parameter's gradient (ordered by the first
-call of its owning module). Outputs are detached copies taken when the hook fires, so a later
+shared recurrence, appears as `name#2`) and every parameter's gradient (in backward order: the
+reverse of its owning module's first call). Outputs are detached copies taken when the hook fires, so a later
 in-place op (ReLU(inplace=True) after BatchNorm) does not change what was recorded.
 """
 from __future__ import annotations
@@ -135,8 +135,8 @@ def _first_tensors(value, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
 
 @dataclass
 class Capture:
-    """outputs: (name, tensor) in execution order; grads: (parameter name, gradient) ordered by
-    the first call of the owning module; loss: the scalar loss."""
+    """outputs: (name, tensor) in execution order; grads: (parameter name, gradient) in backward
+    order (the reverse of the owning modules' first calls); loss: the scalar loss."""
     outputs: list
     grads: list
     loss: float
@@ -167,14 +167,17 @@ def capture(model: torch.nn.Module, inputs: torch.Tensor, loss_fn: Callable[[obj
         for handle in handles:
             handle.remove()
     # Hooks fire at the end of a module's forward, so children come before their parents; the
-    # parameter order uses the first call of the module that owns the parameter directly.
+    # parameter order uses the first call of the module that owns the parameter directly
+    # (parameters of modules that never ran go last).
     owners = []
     for name, param in model.named_parameters():
         owner = name.rsplit(".", 1)[0] if "." in name else "<model>"
-        order = first_call.get(owner, math.inf)
+        order = first_call.get(owner, -math.inf)
         if param.grad is not None:
             owners.append((order, len(owners), name, param.grad.detach().to("cpu", copy=True)))
-    grads = [(name, grad) for _, _, name, grad in sorted(owners, key=lambda t: (t[0], t[1]))]
+    # Backward runs the modules in reverse: the gradient of the last module comes first, so the
+    # first gradient that fails is where the backward pass first goes wrong.
+    grads = [(name, grad) for _, _, name, grad in sorted(owners, key=lambda t: (-t[0], t[1]))]
     return Capture(outputs=outputs, grads=grads, loss=float(loss.detach()))
 
 
