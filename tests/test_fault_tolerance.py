@@ -123,7 +123,7 @@ def test_kill_9_at_random_moments_then_auto_resume_equals_an_uninterrupted_run(r
     kills, during_write, lost, saved_before = 0, 0, [], 0
     for attempt in range(40):
         run = Watched(train_cmd(tiny_dataset, work, *EXACT))
-        if kills >= 12:
+        if kills >= 10:
             break
         # Half the kills hit a checkpoint write (a temporary file exists), the others a random
         # moment after training started (forward, backward, validation, logging).
@@ -472,3 +472,37 @@ def test_out_of_memory_errors_are_recognised():
     assert train.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert train.is_out_of_memory(torch.OutOfMemoryError("sdaa out of memory"))
     assert not train.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def worker_pids(work: Path, rank: int) -> list:
+    """PIDs of train.py processes of this work dir with RANK=rank (torchrun's workers)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(c.endswith(b"train.py") for c in cmd) and str(work).encode() in cmd and f"RANK={rank}".encode() in env:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+def test_max_restarts_recovers_from_a_killed_worker(tiny_dataset, tmp_path):
+    work = tmp_path / "restarts"
+    run = Watched([sys.executable, LAUNCHER, *TINY_RUN, "--batch_size", "2", "--dataset_path", tiny_dataset,
+                   "--work_dir", work, "--distributed", "True", "--nproc_per_node", "2", "--max_restarts", "1",
+                   "--auto_resume", "True", "--master_port", str(free_port()), "--iters", "8", "--print_interval", "1",
+                   "--save_interval", "1", "--val_interval", "1000", "--deterministic", "True"])
+    assert run.wait_for("iter 3/", timeout=240), run.describe()
+    victims = worker_pids(work, rank=1)
+    assert len(victims) == 1, victims
+    os.kill(victims[0], signal.SIGKILL)
+    assert run.finish(timeout=300) == 0, run.describe()
+    assert "iterations done" in "".join(run.out), "the restarted workers resumed from the latest checkpoint"
+    assert load(work / ckpt_name("latest"))["global_step"] == 8
+    steps = [step[1] for step, _ in logged_values(work / "train_log.json", "train.loss")]
+    assert steps == list(range(1, 9)), "each iteration logged once across the restart"

@@ -40,6 +40,15 @@ def init_distributed(backend: str, device: torch.device | None = None, timeout_m
     kwargs = {"backend": backend, "timeout": timedelta(minutes=timeout_min)}
     if device is not None and device.type != "cpu":
         kwargs["device_id"] = device  # binds NCCL communicators eagerly to the right device
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun --max_restarts with its static rendezvous keeps one store across restarts:
+        # the workers of a restart would read the dead workers' gloo/NCCL addresses from it
+        # ("Connection refused"). A key prefix per restart keeps the rounds apart.
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), info.world_size,
+                              is_master=False, timeout=kwargs["timeout"])
+        kwargs.update(store=dist.PrefixStore(f"segzoo/restart_{restart}", store), rank=info.rank,
+                      world_size=info.world_size)
     dist.init_process_group(**kwargs)
     return info
 
