@@ -349,7 +349,7 @@ def _port_check(tmp_path, ref_loss, port_loss, capsys):
 def test_far_lower_loss_passes_the_modelzoo_but_fails_max_rel_diff(tmp_path, capsys):
     ref = decaying_loss(60)
     rc, out = _port_check(tmp_path, ref, 0.5 * ref, capsys)  # half the loss: a broken port
-    assert "ModelZoo verdict" in out and ": PASS (signed mean relative error -50.00%" in out
+    assert "ModelZoo verdict" in out and ": PASS: signed mean relative error -50.00%" in out
     assert "two-sided: mean |port - ref| / ref 50.00% per iteration" in out
     assert rc == 1 and "FAIL: two-sided mean relative difference 50.00% exceeds --max_rel_diff 5%" in out
 
@@ -358,7 +358,7 @@ def test_cancelling_errors_pass_the_modelzoo_but_fail_max_rel_diff(tmp_path, cap
     ref = decaying_loss(60)
     sign = np.where(np.arange(60) % 2 == 0, 1.0, -1.0)
     rc, out = _port_check(tmp_path, ref, ref * (1.0 + 0.3 * sign), capsys)  # +30%, -30%, ...
-    assert re.search(r": PASS \(signed mean relative error [+-]0\.00%", out), out
+    assert re.search(r": PASS: signed mean relative error [+-]0\.00%", out), out
     assert rc == 1 and "FAIL: two-sided mean relative difference 30.00%" in out
 
 

@@ -374,9 +374,9 @@ def describe_verdict(verdict: Verdict | None, comparison: Comparison | None, lab
         return f"ModelZoo verdict: {labels[1]} and {labels[0]} share no logged iteration"
     smoothed = "n/a" if comparison is None else f"{100.0 * comparison.mean_relative_difference:.2f}%"
     return (f"ModelZoo verdict ({labels[1]} vs {labels[0]}, {verdict.num_common} common iterations): "
-            f"{'PASS' if verdict.passes_modelzoo else 'FAIL'} (signed mean relative error "
-            f"{100.0 * verdict.signed_relative:+.2f}% <= {100 * MODELZOO_MAX_MEAN_RELATIVE:g}% or signed mean "
-            f"absolute error {verdict.signed_absolute:+.6f} <= {MODELZOO_MAX_MEAN_ABSOLUTE:g})\n"
+            f"{'PASS' if verdict.passes_modelzoo else 'FAIL'}: signed mean relative error "
+            f"{100.0 * verdict.signed_relative:+.2f}%, signed mean absolute error {verdict.signed_absolute:+.6f} "
+            f"(passes when <= {100 * MODELZOO_MAX_MEAN_RELATIVE:g}% or <= {MODELZOO_MAX_MEAN_ABSOLUTE:g})\n"
             f"two-sided: mean |port - ref| / ref {100.0 * verdict.two_sided_relative:.2f}% per iteration, "
             f"{smoothed} smoothed")
 
