@@ -32,7 +32,7 @@ import torch
 from segzoo.engine.data import build_datasets, build_loaders
 from segzoo.engine.evaluate import evaluate, report_evaluation
 from segzoo.engine.outputs import RunOutputs
-from segzoo.engine.schedule import Schedule, finalize_schedule
+from segzoo.engine.schedule import Schedule
 from segzoo.runtime import distributed as dist
 from segzoo.runtime.atomic import atomic_write, remove_temp_files
 from segzoo.runtime.checkpoint import (FORMAT, check_resumable, check_work_dir, checkpoint_names, load_checkpoint,
@@ -485,7 +485,6 @@ def main(argv=None) -> int:
     code = 1
     try:
         args = parse_train_args(argv)
-        finalize_schedule(args)
         code = run(args, stopper)
     except UserError as err:
         exit_with(err)

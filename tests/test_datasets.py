@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from segzoo.datasets import (DEMO_CLASSES, VOC_CLASSES, VOC_PALETTE, SeededDistributedSampler,
                       UnpaddedDistributedSampler, VOCSegmentation, build_train_transform,
-                      build_val_transform, ensure_demo_dataset, make_demo_dataset, pad_collate,
+                      build_val_transform, ensure_demo_dataset, make_demo_dataset,
                       resolve_num_classes)
 from segzoo.datasets import image_io
 from segzoo.datasets.demo import STAMP_FILE
@@ -425,24 +425,6 @@ def test_unpadded_sampler_gives_each_index_once(length, replicas):
 
 
 # ----------------------------------------------------------------------------- collate
-
-
-def test_pad_collate_pads_bottom_right():
-    a = (torch.full((3, 4, 5), 7, dtype=torch.uint8), torch.full((4, 5), 1, dtype=torch.uint8))
-    b = (torch.full((3, 6, 3), 9, dtype=torch.uint8), torch.full((6, 3), 2, dtype=torch.uint8))
-    images, labels = pad_collate([a, b])
-    assert images.shape == (2, 3, 6, 5) and labels.shape == (2, 6, 5)
-    assert (images[0, :, :4, :5] == 7).all() and (images[0, :, 4:] == 0).all()
-    assert (labels[0, :4, :5] == 1).all() and (labels[0, 4:] == 255).all()
-    assert (images[1, :, :, :3] == 9).all() and (images[1, :, :, 3:] == 0).all()
-    assert (labels[1, :, :3] == 2).all() and (labels[1, :, 3:] == 255).all()
-
-
-def test_pad_collate_same_size_is_stack(demo_root):
-    batch = [VOCSegmentation(demo_root, "val")[i] for i in range(3)]
-    images, labels = pad_collate(batch)
-    assert torch.equal(images, torch.stack([b[0] for b in batch]))
-    assert torch.equal(labels, torch.stack([b[1] for b in batch]))
 
 
 # ----------------------------------------------------------------------------- demo data

@@ -9,7 +9,7 @@ import torch
 
 from segzoo.datasets.sampler import SeededDistributedSampler
 from segzoo.engine.config import parse_train_args
-from segzoo.engine.schedule import Schedule, finalize_schedule
+from segzoo.engine.schedule import Schedule
 from segzoo.runtime.errors import UserError
 from segzoo.runtime.optim import build_scheduler
 from tests.helpers import (TINY_RUN, assert_one_line_error, ckpt_name, logged_values, run_train,
@@ -17,7 +17,7 @@ from tests.helpers import (TINY_RUN, assert_one_line_error, ckpt_name, logged_va
 
 
 def parse(*flags) -> argparse.Namespace:
-    return finalize_schedule(parse_train_args(["--device", "cpu", "--dataset", "demo", *flags]))
+    return parse_train_args(["--device", "cpu", "--dataset", "demo", *flags])  # finalize_schedule runs inside
 
 
 def test_iters_with_an_explicit_epoch_is_refused():

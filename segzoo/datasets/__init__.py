@@ -11,7 +11,7 @@ from segzoo.registry import Registry
 DATASETS = Registry("dataset", "segzoo.datasets")
 
 from .classes import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
-from .collate import pad_collate
+from .collate import size_group_collate
 from .demo import DEMO_CLASSES, ensure_demo_dataset, make_demo_dataset
 from .sampler import SeededDistributedSampler, UnpaddedDistributedSampler, sample_seed
 from .transforms import (MEAN, STD, CenterCrop, Compose, RandomCrop, RandomGaussianBlur,
@@ -27,5 +27,5 @@ __all__ = [
     "RandomHorizontalFlip", "RandomCrop", "CenterCrop", "build_train_transform",
     "build_val_transform",
     "SeededDistributedSampler", "UnpaddedDistributedSampler", "sample_seed",
-    "pad_collate", "make_demo_dataset", "ensure_demo_dataset",
+    "size_group_collate", "make_demo_dataset", "ensure_demo_dataset",
 ]

@@ -227,5 +227,5 @@ def build_train_transform(crop_size: Size, scale: Optional[Tuple[float, float]] 
 
 def build_val_transform(crop_size: Optional[Size] = None) -> Compose:
     """Evaluation pipeline: a centre crop of ``crop_size``, or the whole image untouched
-    when None (batch different sizes with segzoo.datasets.collate.pad_collate)."""
+    when None (batches of different sizes are grouped by segzoo.datasets.collate.size_group_collate)."""
     return Compose([] if crop_size is None else [CenterCrop(crop_size)])

@@ -15,9 +15,9 @@ from pathlib import Path
 import yaml
 
 from segzoo.datasets import DATASETS
-from segzoo.engine.evaluate import add_eval_args
+from segzoo.engine.evaluate import add_eval_args, eval_settings
 from segzoo.engine.outputs import add_output_args
-from segzoo.engine.schedule import add_schedule_args
+from segzoo.engine.schedule import add_schedule_args, finalize_schedule
 from segzoo.models import MODELS
 from segzoo.models.backbones import BACKBONES
 from segzoo.registry import Registry
@@ -238,6 +238,8 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         args.head_lr_mult = 10.0 if args.optimizer == "sgd" else 1.0
     if args.step is None:
         args.step = max(1, args.epoch // 3)
+    finalize_schedule(args)
+    eval_settings(args)  # bad evaluation flags are refused here, before any process starts
     if args.lr <= 0:
         raise UserError(f"--lr must be > 0, got {args.lr}")
     if not 0 < args.scale_min <= args.scale_max:

@@ -59,7 +59,8 @@ def add_schedule_args(p: argparse.ArgumentParser) -> None:
 
 def finalize_schedule(args: argparse.Namespace) -> argparse.Namespace:
     """Reject --iters with an explicit --epoch, make --step count iterations under --iters, and
-    turn the marked ints back into plain ones. Idempotent."""
+    turn the marked ints back into plain ones. Called once, by segzoo.engine.config.finalize (a
+    second call would no longer see which values were given)."""
     epoch_given = isinstance(args.epoch, _Given)
     step_given = isinstance(args.step, _Given)
     if args.iters is not None and epoch_given:
