@@ -106,6 +106,7 @@ class Trainer:
         self.args, self.info, self.device = ctx["args"], ctx["info"], ctx["device"]
         self.logger, self.amp, self.work_dir = ctx["logger"], ctx["amp"], ctx["work_dir"]
         self.names, self.num_classes, self.class_names = ctx["names"], ctx["num_classes"], ctx["class_names"]
+        self.palette = ctx["palette"]
         self.stopper: GracefulStop = ctx["stopper"]
         self.meter = ThroughputMeter(warmup_intervals=1)
 
@@ -261,7 +262,7 @@ class Trainer:
         new best and the previous latest (the resume redoes at most --save_interval iterations)."""
         if self.info.is_main:
             snapshot = checkpoint_state(self.step, self.args, self.state, self.num_classes,
-                                        self.schedule.iters_per_epoch)
+                                        self.schedule.iters_per_epoch, self.class_names, self.palette)
             if is_best:
                 save_checkpoint(snapshot, self.work_dir / self.names["best"])
             if latest:
@@ -272,14 +273,17 @@ class Trainer:
 # ------------------------------------------------------------------------------------------
 # checkpoints and resume
 # ------------------------------------------------------------------------------------------
-def checkpoint_state(step: TrainStep, args, state: dict, num_classes: int, iters_per_epoch: int) -> dict:
+def checkpoint_state(step: TrainStep, args, state: dict, num_classes: int, iters_per_epoch: int,
+                     class_names: list, palette) -> dict:
     """Everything a bit-identical resume needs: weights (incl. BatchNorm statistics), optimizer,
-    lr schedule, GradScaler, and the step (which fixes the data position and RNG seeds)."""
+    lr schedule, GradScaler, and the step (which fixes the data position and RNG seeds); plus the
+    dataset's class names and colours, so tools/predict.py and tools/export.py name and colour them."""
     return {"format": FORMAT, "model": unwrap(step.model).state_dict(), "optimizer": step.optimizer.state_dict(),
             "scheduler": step.scheduler.state_dict(), "scaler": step.scaler.state_dict(), "epoch": state["epoch"],
             "global_step": state["global_step"], "best_miou": state["best_miou"], "iters_per_epoch": iters_per_epoch,
             "skipped_steps": state["skipped"], "batch_size": args.batch_size,
-            "model_name": args.model_name, "num_classes": num_classes, "backbone": args.backbone, "args": vars(args)}
+            "model_name": args.model_name, "num_classes": num_classes, "backbone": args.backbone, "args": vars(args),
+            "class_names": list(class_names), "palette": [[int(c) for c in rgb] for rgb in palette]}
 
 
 def resume(step: TrainStep, ckpt: dict, state: dict, args, iters_per_epoch: int, info) -> None:
@@ -438,7 +442,7 @@ def run_locked(args, stopper, device, info, work_dir: Path, names: dict) -> int:
     log0(info, f"schedule: {schedule.describe()}")
     first_step = state["global_step"]
     ctx = dict(args=args, info=info, device=device, logger=logger, amp=amp, work_dir=work_dir, names=names,
-               num_classes=num_classes, class_names=class_names, stopper=stopper)
+               num_classes=num_classes, class_names=class_names, palette=val_set.palette, stopper=stopper)
     trainer = Trainer(step, train_loader, val_loader, schedule, state, ctx)
     device.reset_peak_memory()
     train_start = time.perf_counter()

@@ -111,6 +111,10 @@ def test_single_process_run_writes_every_output(run_a, val_pixels, class_names):
     assert (latest["epoch"], latest["global_step"]) == (2, 2 * ITERS_PER_EPOCH)
     assert latest["best_miou"] == pytest.approx(max(v for _, v in mious), abs=1e-12)
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in latest["model"])
+    # The dataset's names and colours travel with the weights (for predict and export).
+    from segzoo.datasets.classes import VOC_PALETTE
+    assert latest["class_names"] == class_names
+    assert latest["palette"][:TINY_CLASSES] == VOC_PALETTE[:TINY_CLASSES].tolist()
     assert load(work / ckpt_name("best"))["best_miou"] == latest["best_miou"]
     args = yaml.safe_load((work / "args.yaml").read_text())
     assert (args["epoch"], args["crop_size"], args["backbone"], args["deterministic"]) == (2, 32, "resnet18", True)
