@@ -11,8 +11,9 @@ msprobe), computed here on plain tensors so any device can be compared with any 
     within_1pm  share of elements with |a - ref| <= 0.001 * (|ref| + floor)
     within_5pm  the same at 0.005
 
-A comparison fails when cosine < min_cosine or the share within the dtype's tolerance (1 per
-mille for float32/float64, 5 per mille for bfloat16/float16) is below min_share. The defaults
+A module output fails when cosine < min_cosine or the share within the dtype's tolerance (1 per
+mille for float32/float64, 5 per mille for bfloat16/float16) is below min_share; a gradient
+fails when its cosine < min_grad_cosine. The defaults
 (THRESHOLDS) follow what one rounding of the format allows: float32 carries ~7 decimal digits,
 so a faithful port agrees to 1e-3 almost everywhere; bfloat16 (8 bits of mantissa, one rounding
 is up to 2e-3 relative) and float16 (11 bits) lose more with every layer, so they are judged by
@@ -40,25 +41,33 @@ DTYPE_ALIASES = {"fp64": "float64", "fp32": "float32", "bf16": "bfloat16", "fp16
 
 @dataclass(frozen=True)
 class Threshold:
-    """Pass when cosine >= min_cosine and share of elements within `tolerance` (relative) >= min_share."""
+    """An output passes when cosine >= min_cosine and its share of elements within `tolerance`
+    (relative) >= min_share; a gradient passes when cosine >= min_grad_cosine."""
     min_cosine: float
     tolerance: float
     min_share: float
+    min_grad_cosine: float
 
     def describe(self) -> str:
-        return (f"cosine >= {self.min_cosine:g} and >= {100 * self.min_share:g}% of elements "
-                f"within {1000 * self.tolerance:g} per mille")
+        return (f"outputs: cosine >= {self.min_cosine:g} and >= {100 * self.min_share:g}% of elements "
+                f"within {1000 * self.tolerance:g} per mille; gradients: cosine >= {self.min_grad_cosine:g}")
 
 
+# float32: a float32 run checked against the same run in float64 (PSPNet-ResNet50, random init,
+# crop 128, batch 2, cpu) kept >= 92.9% of every module output within 1 per mille and a gradient
+# cosine >= 0.9996; the bars sit just below, so an exact float32 port passes while a 1% error in
+# one layer (0% within 1 per mille there) fails. Gradients are judged by the cosine alone: each
+# gradient element is a sum of terms that largely cancel, so even float32 against float64 leaves
+# most of its elements beyond 5 per mille (measured: as few as 4.7% within) while the direction holds.
 THRESHOLDS = {
-    "float64": Threshold(0.999999, 0.001, 0.999),
-    "float32": Threshold(0.99999, 0.001, 0.99),
+    "float64": Threshold(0.999999, 0.001, 0.99, 0.99999),
+    "float32": Threshold(0.99999, 0.001, 0.9, 0.999),
     # Low precision: the share is reported but not judged (min_share 0). Rounding the input and
     # the weights of one convolution to bfloat16 already leaves ~30% of its outputs (the small
     # ones, where products cancel) beyond 5 per mille (measured: PSPNet-ResNet50 conv1, see
     # docs/fragments/port-validation.md), so only the direction (cosine) is a usable bar.
-    "float16": Threshold(0.999, 0.005, 0.0),
-    "bfloat16": Threshold(0.99, 0.005, 0.0),
+    "float16": Threshold(0.999, 0.005, 0.0, 0.99),
+    "bfloat16": Threshold(0.99, 0.005, 0.0, 0.99),
 }
 
 
@@ -88,7 +97,9 @@ class Figures:
     def within(self, tolerance: float) -> float:
         return self.within_1pm if tolerance <= 0.001 else self.within_5pm
 
-    def passes(self, threshold: Threshold) -> bool:
+    def passes(self, threshold: Threshold, gradient: bool = False) -> bool:
+        if gradient:
+            return self.cosine >= threshold.min_grad_cosine
         return self.cosine >= threshold.min_cosine and self.within(threshold.tolerance) >= threshold.min_share
 
     def as_dict(self) -> dict:
