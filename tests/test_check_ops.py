@@ -1,11 +1,14 @@
 """tools/check_ops.py and segzoo/ops/check.py: the cpu check passes, and a wrong implementation
 injected through the dispatch makes it fail."""
+import sys
+
 import pytest
 import torch
 
 import segzoo.ops.criss_cross as criss_cross_module
 import segzoo.ops.psamask as psamask_module
 from segzoo.ops import check
+from tests.helpers import REPO, run_process
 from tools.check_ops import main
 
 
@@ -50,3 +53,13 @@ def test_absent_device_is_one_line(capsys):
     assert exit_info.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "--device cuda" in err[0]
+
+
+@pytest.mark.slow
+def test_triton_kernels_through_the_interpreter_pass():
+    pytest.importorskip("triton", reason="the Triton kernels need triton")
+    result = run_process([sys.executable, str(REPO / "tools" / "check_ops.py"), "--device", "cpu",
+                          "--dtype", "float32"], timeout=300, env={"TRITON_INTERPRET": "1"})
+    assert result.rc == 0, result.describe()
+    kernel_rows = [line for line in result.stdout.splitlines() if " kernel " in line]
+    assert len(kernel_rows) == 5 and all(" yes " in line for line in kernel_rows), result.stdout
