@@ -54,6 +54,17 @@ def load_class_embeddings(path: str | Path, num_classes: int) -> torch.Tensor:
     return array.float()
 
 
+class _NodeLinear(nn.Module):
+    """One score per node: (N, S, K) -> (N, K), the same linear map for every class node."""
+
+    def __init__(self, num_states: int):
+        super().__init__()
+        self.score = nn.Linear(num_states, 1)
+
+    def forward(self, nodes: torch.Tensor) -> torch.Tensor:
+        return self.score(nodes.transpose(1, 2)).squeeze(-1)
+
+
 class GraphTransfer(nn.Module):
     """Graph interaction (paper Sec. 3.3): attention between class nodes and visual nodes,
     energy = q(class) . k(visual); visual-to-semantic reasoning gathers visual values into each
@@ -114,7 +125,7 @@ class GraphInteractionUnit(nn.Module):
 class GINetHead(DecodeHead):
     """GINet head: 3x3 conv-BN-ReLU (in -> ``channels``), graph interaction unit, classifier;
     class embeddings (K, D) -> Linear-BN-ReLU to 128 -> Linear-BN-ReLU to ``num_states`` give the
-    semantic nodes; a linear layer scores each class node for the SC loss.
+    semantic nodes; BN-ReLU and a linear layer score each class node for the SC loss.
 
     Args:
         embeddings: (K, D) frozen class embeddings, or None to learn (K, 300) from N(0, 1).
@@ -142,7 +153,11 @@ class GINetHead(DecodeHead):
                                    nn.Linear(128, num_states), norm(num_states), nn.ReLU(inplace=True))
         self.reduce = ConvBNReLU(in_channels, channels, 3)
         self.interaction = GraphInteractionUnit(channels, num_states, num_nodes, num_classes)
-        self.sc_classifier = nn.Linear(num_states, 1) if sc_weight > 0 else None
+        # BN + ReLU before the class scores, as EncNet's SE branch: without it the SC loss drives
+        # an unnormalised chain of linear maps (embedding MLP, GCN, gates) that diverged within
+        # a dozen SGD steps on CamVid at the usual 10x head learning rate.
+        self.sc_classifier = nn.Sequential(nn.BatchNorm1d(num_states), nn.ReLU(inplace=True),
+                                           _NodeLinear(num_states)) if sc_weight > 0 else None
 
     def extra_losses(self, outputs: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
         if "sc" not in outputs:
@@ -156,7 +171,7 @@ class GINetHead(DecodeHead):
         x, classes = self.interaction(x, classes)
         result = {"out": self.classifier(x)}
         if self.sc_classifier is not None:
-            result["sc"] = self.sc_classifier(classes.transpose(1, 2)).squeeze(-1)  # (N, K)
+            result["sc"] = self.sc_classifier(classes)  # (N, K)
         return result
 
 
