@@ -406,7 +406,8 @@ def run_locked(args, stopper, device, info, work_dir: Path, names: dict) -> int:
             trim_log(log_path, int(ckpt.get("global_step", 0)))
     logger = create_logger(log_path, enabled=info.is_main, append=args.continue_training)
     logger = outputs.attach(logger, val_set, device)  # --tensorboard: scalars, per-class IoU, overlays
-    log0(info, f"{args.model_name} ({args.backbone}, OS{args.output_stride}) on {device} x{info.world_size}, "
+    stride = bare.backbone.feature_info[bare.backbone.main_index].reduction  # the backbone's, also by default
+    log0(info, f"{args.model_name} ({args.backbone}, OS{stride}) on {device} x{info.world_size}, "
                f"{len(train_set) if train_set else 0} train / {len(val_set)} val images, {num_classes} classes, "
                f"autocast {amp['dtype'] if amp['enabled'] else 'off'}")
 

@@ -50,6 +50,17 @@ def test_hrnet_refuses_dilation_in_one_line(output_stride):
     assert "use --output_stride 32" in message and "\n" not in message
 
 
+def test_default_output_stride_is_the_family_default():
+    """--output_stride not given: HRNet keeps its native stride, a dilatable backbone goes to 8."""
+    from segzoo.engine.config import parse_train_args
+    from segzoo.engine.setup import model_from_args
+    for backbone, main_stride in (("hrnet_w18", 4), ("efficientnet_b0", 8), ("resnet18", 8)):
+        args = parse_train_args(["--device", "cpu", "--dataset", "demo", "--backbone", backbone, "--model_name",
+                                 "deeplabv3", "--crop_size", "64"])
+        trunk = model_from_args(args, 5).backbone
+        assert args.output_stride is None and trunk.feature_info[trunk.main_index].reduction == main_stride
+
+
 def test_unknown_backbone_lists_every_family():
     with pytest.raises(OptionError) as err:
         build_model("pspnet", 5, backbone="resnext50_64x4d")

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--model_name", default="pspnet")
     p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--output_stride", type=positive_int, default=8)
+    p.add_argument("--output_stride", type=positive_int, default=8, help="backbone output stride (8, 16 or 32)")
     p.add_argument("--num_classes", type=positive_int, default=19, help="Cityscapes' 19")
     p.add_argument("--size", type=crop_size, default=[1024, 2048], help="image HEIGHT,WIDTH")
     p.add_argument("--eval_crop", type=crop_size, default=[512, 1024], help="slide window HEIGHT,WIDTH")

@@ -437,7 +437,7 @@ def base_record(args, device: Device, num_classes: int) -> dict:
     return {"tool": "benchmark", "time": datetime.datetime.now().isoformat(timespec="seconds"),
             "device": str(device.torch_device), "device_name": device.description,
             "torch": torch.__version__, "model_name": args.model_name, "backbone": args.backbone,
-            "output_stride": args.output_stride, "num_classes": num_classes, "batch_size": args.batch_size,
+            "output_stride": args.output_stride or "default", "num_classes": num_classes, "batch_size": args.batch_size,
             "crop_size": args.crop_size,
             "precision": precision_label(args, device), "channels_last": args.channels_last,
             "compile": args.compile, "memory_kind": device.memory_label, "steps": args.steps,

@@ -39,9 +39,11 @@ def _output_stride(text) -> int:
 
 
 # Options every backbone family takes (declared once here, listed by each family).
-OUTPUT_STRIDE = Option("output_stride", _output_stride, 8,
-                       "input size / size of the last feature: 8 or 16 dilate the last stages (32: none)",
+OUTPUT_STRIDE = Option("output_stride", _output_stride, None,
+                       "input size / size of the last stage: 8 or 16 dilate the last stages, 32 none "
+                       "(default: 8 where the backbone can dilate; HRNet: its native 32, fused output at stride 4)",
                        choices=(8, 16, 32))
+DILATED_DEFAULT_STRIDE = 8  # what a dilatable backbone does when --output_stride is not given
 PRETRAINED = Option("pretrained", str, None, "local ImageNet checkpoint of the backbone (never downloaded)")
 
 

@@ -14,7 +14,7 @@ import logging
 import torch
 from torch import nn
 
-from segzoo.models.backbones import BACKBONES, OUTPUT_STRIDE, PRETRAINED, StageInfo
+from segzoo.models.backbones import BACKBONES, DILATED_DEFAULT_STRIDE, OUTPUT_STRIDE, PRETRAINED, StageInfo
 from segzoo.registry import Option
 from segzoo.runtime.config_types import str2bool
 from segzoo.runtime.errors import OptionError
@@ -218,7 +218,7 @@ RESNET_OPTIONS = (
 )
 
 
-def build_resnet(name: str, output_stride: int = 8, stem: str = "deep", pretrained: str | None = None,
+def build_resnet(name: str, output_stride: int | None = None, stem: str = "deep", pretrained: str | None = None,
                  **kwargs) -> ResNet:
     """ResNet trunk by name ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152");
     ``kwargs`` go to ``ResNet`` (contract_dilation, zero_init_residual). ``pretrained``: a local
@@ -226,7 +226,7 @@ def build_resnet(name: str, output_stride: int = 8, stem: str = "deep", pretrain
     if name not in ARCHS:
         raise OptionError("backbone", name, f"is not a ResNet; use one of {', '.join(ARCHS)}")
     block, layers = ARCHS[name]
-    model = ResNet(block, layers, output_stride=output_stride, stem=stem, **kwargs)
+    model = ResNet(block, layers, output_stride=output_stride or DILATED_DEFAULT_STRIDE, stem=stem, **kwargs)
     if pretrained:
         from segzoo.models.backbones.resnet_weights import load_backbone_weights
         log.info("%s", load_backbone_weights(model, pretrained))

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from segzoo.models.backbones import BACKBONES, OUTPUT_STRIDE, PRETRAINED, StageInfo
+from segzoo.models.backbones import BACKBONES, DILATED_DEFAULT_STRIDE, OUTPUT_STRIDE, PRETRAINED, StageInfo
 from segzoo.models.heads import resize
 from segzoo.runtime.errors import OptionError, UserError
 
@@ -52,18 +52,18 @@ class TimmBackbone(nn.Module):
 
     Args:
         name: the timm model name (one of RESNEXT, HRNET, EFFICIENTNET).
-        output_stride: 8, 16 or 32 (HRNet: 32 only, see the module docstring).
+        output_stride: 8, 16 or 32; None: 8 (HRNet: 32 only, its native stride, see the module docstring).
 
     Shapes: input (N, 3, H, W); feature i is (N, feature_info[i].channels, ~H / r, ~W / r) with
     r = feature_info[i].reduction. HRNet adds a last feature (N, sum of branch channels, ~H/4, ~W/4).
     """
 
-    def __init__(self, name: str, output_stride: int = 8):
+    def __init__(self, name: str, output_stride: int | None = None):
         super().__init__()
         timm = _timm()
         self.name, self.is_hrnet = name, name in HRNET
         if self.is_hrnet:
-            if output_stride != 32:
+            if output_stride not in (None, 32):
                 raise OptionError("output_stride", output_stride,
                                   f"is not possible for {name}: HRNet has no dilation; its branches end at "
                                   "stride 32 and its output (HRNetV2 fusion) is at stride 4; use --output_stride 32")
@@ -72,8 +72,8 @@ class TimmBackbone(nn.Module):
             self.body = timm.create_model(name, features_only=True, pretrained=False, feature_location="",
                                           out_indices=(1, 2, 3, 4))
         else:
-            self.body = timm.create_model(name, features_only=True, pretrained=False, output_stride=output_stride,
-                                          out_indices=(1, 2, 3, 4))
+            self.body = timm.create_model(name, features_only=True, pretrained=False,
+                                          output_stride=output_stride or DILATED_DEFAULT_STRIDE, out_indices=(1, 2, 3, 4))
         info = self.body.feature_info
         self.feature_info = [StageInfo(n, c, r) for n, c, r in zip(info.module_name(), info.channels(),
                                                                    info.reduction())]
@@ -124,7 +124,7 @@ def load_timm_weights(backbone: TimmBackbone, path: str | Path) -> str:
     return f"loaded {len(own)} tensors from {path} into {backbone.name} ({len(state) - len(own)} dropped)"
 
 
-def build_timm_backbone(name: str, output_stride: int = 8, pretrained: str | None = None) -> TimmBackbone:
+def build_timm_backbone(name: str, output_stride: int | None = None, pretrained: str | None = None) -> TimmBackbone:
     """The timm backbone ``name`` (see the module docstring); ``pretrained``: a local file."""
     if name not in RESNEXT + HRNET + EFFICIENTNET:
         raise OptionError("backbone", name, f"is not a timm backbone we support; families: {FAMILIES}")
