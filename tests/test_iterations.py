@@ -116,3 +116,10 @@ def test_iters_and_epoch_on_the_command_line_is_one_line(tiny_dataset, tmp_path)
                        "--epoch", "2", timeout=120)
     assert_one_line_error(result, "--iters 5", "--epoch 2")
     assert snapshot(work) == {}
+
+
+def test_the_launcher_refuses_iters_with_epoch_before_starting_anything(tmp_path, capsys):
+    from tests.helpers import expect_user_exit
+    expect_user_exit(capsys, ["--device", "cpu", "--dataset", "demo", "--work_dir", str(tmp_path / "w"),
+                              "--iters", "10", "--epoch", "2"], "--iters 10", "--epoch 2")
+    assert not (tmp_path / "w").exists()

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from segzoo.runtime.checkpoint import check_work_dir
 from segzoo.engine.config import OneLineParser, add_launch_args, add_train_args, launch_parser, parse_train_args
+from segzoo.engine.schedule import finalize_schedule
 from segzoo.runtime.device import device_count, device_type
 from segzoo.runtime.errors import UserError, exit_with
 
@@ -157,6 +158,7 @@ def main(argv=None, default_model: str | None = None) -> int:
         launch, train_argv = split_argv(argv)
         # The alias's model is a default: --config and --model_name override it.
         args = parse_train_args(train_argv, defaults={"model_name": default_model} if default_model else None)
+        finalize_schedule(args)  # --iters with --epoch: one line here, before anything starts
         if not any(a == "--model_name" or a.startswith("--model_name=") for a in train_argv):
             train_argv = ["--model_name", args.model_name, *train_argv]
         warnings = check_launch(launch, args)

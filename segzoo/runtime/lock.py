@@ -55,8 +55,9 @@ class WorkDirLock:
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
-            raise UserError(f"--work_dir {self.path.parent} is in use by another run (PID {owner.get('pid', '?')} "
-                            f"on {owner.get('host', '?')}, started {owner.get('started', '?')}); wait for it, "
+            who = (f"PID {owner['pid']} on {owner.get('host', '?')}, started {owner.get('started', '?')}"
+                   if owner.get("pid") else "a run that is just starting")
+            raise UserError(f"--work_dir {self.path.parent} is in use by another run ({who}); wait for it, "
                             f"stop it, or pick another --work_dir") from None
         return fd
 
