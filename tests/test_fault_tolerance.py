@@ -528,3 +528,14 @@ def test_max_restarts_recovers_from_a_killed_worker(tiny_dataset, tmp_path):
     assert load(work / ckpt_name("latest"))["global_step"] == 8
     steps = [step[1] for step, _ in logged_values(work / "train_log.json", "train.loss")]
     assert steps == list(range(1, 9)), "each iteration logged once across the restart"
+
+
+def test_a_resumed_log_drops_the_records_after_the_resumed_step(tmp_path):
+    import train
+    log = tmp_path / "train_log.json"
+    lines = ['TCAPPDLL {"type": "PARAMETER", "data": {"lr": 0.01}}']
+    lines += [f'TCAPPDLL {{"type": "LOG", "step": [1, {i}], "data": {{"train.loss": {i}}}}}' for i in range(1, 6)]
+    log.write_text("\n".join(lines) + '\nTCAPPDLL {"type": "LOG", "st')  # the last line cut by a kill
+    assert train.trim_log(log, 3) == 3
+    assert [r["step"][1] for r in log_records(log)] == [1, 2, 3]
+    assert log.read_text().startswith('TCAPPDLL {"type": "PARAMETER"')
