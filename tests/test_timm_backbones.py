@@ -98,7 +98,7 @@ def test_pretrained_file_of_another_backbone_is_one_line(tmp_path):
     torch.save(_classifier_state("efficientnet_b1"), path)
     with pytest.raises(UserError) as err:
         build_backbone("efficientnet_b0", output_stride=8, pretrained=str(path))
-    message = str(err.value)
+    message = flag_message(err.value)
     assert message.startswith(f"--pretrained {path}") and "efficientnet_b0" in message
     assert "missing" in message or "unexpected" in message or "other shape" in message
     assert "\n" not in message

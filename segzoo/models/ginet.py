@@ -35,7 +35,7 @@ def load_class_embeddings(path: str | Path, num_classes: int) -> torch.Tensor:
     a ``UserError`` naming ``--class_embeddings`` when the file is missing, unreadable or of
     another shape."""
     path = Path(path)
-    flag = f"--class_embeddings {path}"
+    flag = f"‹class_embeddings› {path}"
     if not path.is_file():
         raise UserError(f"{flag}: no such file; give a num_classes x D array saved as .npy or .pt")
     try:

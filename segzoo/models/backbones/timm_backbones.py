@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from segzoo.models.backbones.weights import mismatches, read_state_dict
 from segzoo.models.backbones import BACKBONES, DILATED_DEFAULT_STRIDE, OUTPUT_STRIDE, PRETRAINED, StageInfo
 from segzoo.models.heads import resize
 from segzoo.runtime.errors import OptionError, UserError
@@ -66,7 +67,7 @@ class TimmBackbone(nn.Module):
             if output_stride not in (None, 32):
                 raise OptionError("output_stride", output_stride,
                                   f"is not possible for {name}: HRNet has no dilation; its branches end at "
-                                  "stride 32 and its output (HRNetV2 fusion) is at stride 4; use --output_stride 32")
+                                  "stride 32 and its output (HRNetV2 fusion) is at stride 4; use ‹output_stride› 32")
             # feature_location="" returns the raw branch outputs (not timm's classification
             # "incre" blocks), which is what HRNetV2 concatenates.
             self.body = timm.create_model(name, features_only=True, pretrained=False, feature_location="",
@@ -104,22 +105,16 @@ def load_timm_weights(backbone: TimmBackbone, path: str | Path) -> str:
     another network (keys missing, unknown or of another shape) is a ``UserError`` naming
     ``--pretrained`` with the counts.
     """
-    from segzoo.models.backbones.resnet_weights import _listed, _read, _unwrap
-
     path = Path(path)
-    state = _unwrap(_read(path), path)
+    state = read_state_dict(path)
     state = {k[len(_BODY_PREFIX):] if k.startswith(_BODY_PREFIX) else k: v for k, v in state.items()}
     own = backbone.body.state_dict()
     with torch.device("meta"):  # only the key names of the full classifier network are needed
         classifier_only = set(_timm().create_model(backbone.name, pretrained=False).state_dict()) - set(own)
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own and k not in classifier_only]
-    reshaped = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or reshaped:
-        problems = [f"{what} {_listed(keys)}" for what, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped)) if keys]
-        raise UserError(f"--pretrained {path} does not fit backbone {backbone.name}: {'; '.join(problems)}; "
-                        "give an ImageNet checkpoint of this --backbone")
+    problems = mismatches(own, state, ignored=classifier_only)
+    if problems:
+        raise UserError(f"‹pretrained› {path} does not fit backbone {backbone.name}: {'; '.join(problems)}; "
+                        "give an ImageNet checkpoint of this ‹backbone›")
     backbone.body.load_state_dict({k: state[k] for k in own}, strict=True)
     return f"loaded {len(own)} tensors from {path} into {backbone.name} ({len(state) - len(own)} dropped)"
 
