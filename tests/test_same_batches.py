@@ -6,6 +6,8 @@ enter; what could differ is the worker count (each worker is its own process) an
 size (each rank draws its share). The sampler hands every sample its own augmentation seed,
 sample_seed(seed, epoch, index), so neither matters.
 """
+import gc
+
 import pytest
 import torch
 
@@ -33,6 +35,10 @@ def _batches(root, workers: int = 0, batch_size: int = 2, world_size: int = 1, r
     for epoch in range(EPOCHS):
         loader.sampler.set_epoch(epoch)
         result += [(epoch, images, labels) for images, labels in loader]
+    # Persistent workers otherwise live until garbage collection, possibly at interpreter exit:
+    # stop them here, inside the test.
+    del loader
+    gc.collect()
     return result
 
 
