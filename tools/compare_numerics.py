@@ -160,6 +160,15 @@ def base_state(args, ckpt_path: Optional[str], flag: str) -> dict:
 
 def run_side(args, side: Side, state: dict, batch) -> numerics.Capture:
     device = Device(side.device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    device.configure_backends(deterministic=True)  # repeatable kernels, true float32 (no TF32 on cuda)
+    try:
+        return _run_side(args, side, state, batch, device)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)  # process-wide: leave it as found
+
+
+def _run_side(args, side: Side, state: dict, batch, device: Device) -> numerics.Capture:
     dtype = numerics.DTYPES[side.dtype]
     model = model_from_args(args, args.num_classes)
     model.load_state_dict(copy.deepcopy(state))

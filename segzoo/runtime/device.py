@@ -191,15 +191,18 @@ class Device:
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     def configure_backends(self, deterministic: bool) -> None:
-        """cudnn autotuning for speed, or deterministic algorithms for bitwise-repeatable runs."""
+        """cudnn autotuning and TF32 for speed, or, with ``deterministic``, repeatable kernels and true
+        float32 arithmetic (TF32 rounds matmul/conv inputs to 10 mantissa bits, which a port check
+        against another device's float32 would count as an error)."""
         if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         if self.name == "cuda":
             torch.backends.cudnn.benchmark = not deterministic
             torch.backends.cudnn.deterministic = deterministic
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cuda.matmul.allow_tf32 = not deterministic
+            torch.backends.cudnn.allow_tf32 = not deterministic
+        # sdaa: torch_sdaa documents no switch of its own beyond torch.use_deterministic_algorithms.
 
     def supports_fused_optimizer(self) -> bool:
         return self.name == "cuda"
