@@ -29,8 +29,8 @@ from pathlib import Path
 from segzoo.runtime.checkpoint import check_work_dir
 from segzoo.engine.config import OneLineParser, add_launch_args, add_train_args, launch_parser, parse_train_args
 from segzoo.engine.schedule import finalize_schedule
-from segzoo.runtime.device import device_count, device_type
-from segzoo.runtime.errors import UserError, exit_with
+from segzoo.runtime.device import DEVICE_TYPES, device_count, device_type
+from segzoo.runtime.errors import UserError, exit_with, flag_message
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_PY = REPO / "train.py"
@@ -92,9 +92,9 @@ def check_launch(launch, args) -> list:
         device_type(args.device)  # unknown device, missing plugin or no device: one line, before anything starts
         present = device_count(args.device) if launch.distributed and args.device != "cpu" else None
     except UserError as err:
-        if "not a known device" in str(err) or "unknown" in str(err).lower():
+        if args.device not in DEVICE_TYPES:  # a typo, not something this machine lacks
             raise
-        machine_problem(str(err))
+        machine_problem(flag_message(err))
         present = None
     if present is not None and launch.nproc_per_node > present:
         machine_problem(f"--nproc_per_node {launch.nproc_per_node} but only {present} {args.device} device(s) "

@@ -61,15 +61,15 @@ def save_checkpoint(state: dict, path: Path) -> None:
         atomic_write(path, lambda file: torch.save(state, file))
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"--work_dir {path.parent}: the disk filled up while writing {path.name}; free some "
+            raise UserError(f"‹work_dir› {path.parent}: the disk filled up while writing {path.name}; free some "
                             f"space and resume (the previous {path.name} is intact)") from None
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise UserError(f"--work_dir {path.parent} is not writable ({exc.strerror}); pick another "
-                            f"--work_dir") from None
+            raise UserError(f"‹work_dir› {path.parent} is not writable ({exc.strerror}); pick another "
+                            f"‹work_dir›") from None
         raise
     except RuntimeError as exc:  # torch.save's zip writer reports a failed write this way
         if "file write failed" in str(exc) or "No space left" in str(exc):
-            raise UserError(f"--work_dir {path.parent}: the disk filled up while writing {path.name}; free some "
+            raise UserError(f"‹work_dir› {path.parent}: the disk filled up while writing {path.name}; free some "
                             f"space and resume (the previous {path.name} is intact)") from None
         raise
 
@@ -78,19 +78,19 @@ def load_checkpoint(path: str) -> dict:
     """Load a checkpoint (ours, or a bare state dict) onto the cpu; one-line errors for bad files."""
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"--ckpt {path}: no such file")
+        raise UserError(f"‹ckpt› {path}: no such file")
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # PyTorch's own text here advises weights_only=False, which is wrong for a file that is
         # simply not a checkpoint (and unsafe for one from elsewhere).
-        raise UserError(f"--ckpt {path} is not a PyTorch checkpoint (corrupt, another format, or pickled "
+        raise UserError(f"‹ckpt› {path} is not a PyTorch checkpoint (corrupt, another format, or pickled "
                         f"objects other than tensors); pass a .pth file saved by this runner or torch.save") from None
     except Exception as exc:  # noqa: BLE001 - on arbitrary bytes the unpickler also raises IndexError, KeyError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--ckpt {path} is not a readable PyTorch checkpoint ({first[:160]})") from None
+        raise UserError(f"‹ckpt› {path} is not a readable PyTorch checkpoint ({first[:160]})") from None
     if not isinstance(obj, dict):
-        raise UserError(f"--ckpt {path} holds a {type(obj).__name__}, not a checkpoint dict")
+        raise UserError(f"‹ckpt› {path} holds a {type(obj).__name__}, not a checkpoint dict")
     if obj.get("format") == FORMAT:
         return obj
     # A bare state dict (or {"state_dict": ...} / {"model": ...}) from elsewhere: weights only.
@@ -99,7 +99,7 @@ def load_checkpoint(path: str) -> dict:
             obj = obj[key]
             break
     if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"--ckpt {path} is not a model checkpoint (no tensors of a state dict in it)")
+        raise UserError(f"‹ckpt› {path} is not a model checkpoint (no tensors of a state dict in it)")
     return {"model": obj}
 
 
@@ -111,14 +111,14 @@ def check_compatible(ckpt: dict, path: str, model_name: str, num_classes: int, b
     ours = {"model_name": model_name, "num_classes": num_classes, "backbone": backbone}
     diffs = [f"--{k} {ours[k]} but the checkpoint has {theirs[k]}" for k in ours if theirs[k] is not None and theirs[k] != ours[k]]
     if diffs:
-        raise UserError(f"--ckpt {path} does not fit this run: " + "; ".join(diffs))
+        raise UserError(f"‹ckpt› {path} does not fit this run: " + "; ".join(diffs))
 
 
 def check_resumable(ckpt: dict, path: str) -> None:
     """--continue_training needs the training state, not just weights."""
     if ckpt.get("format") != FORMAT:
-        raise UserError(f"--ckpt {path} holds model weights only (no optimizer, scheduler or epoch), so it "
-                        f"cannot be resumed; drop --continue_training to fine-tune from these weights")
+        raise UserError(f"‹ckpt› {path} holds model weights only (no optimizer, scheduler or epoch), so it "
+                        f"cannot be resumed; drop ‹continue_training› to fine-tune from these weights")
 
 
 def load_model_weights(model: torch.nn.Module, state_dict: dict, path: str) -> None:
@@ -134,7 +134,7 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict, path: str) -> N
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
             if keys:
                 parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
-        raise UserError(f"--ckpt {path} does not match the model: " + "; ".join(parts))
+        raise UserError(f"‹ckpt› {path} does not match the model: " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -174,6 +174,6 @@ def check_work_dir(args, work_dir: Path) -> None:
     if args.continue_training and Path(args.ckpt).resolve().parent == Path(work_dir).resolve():
         return  # resuming in place: these checkpoints are the run's own
     if existing:
-        raise UserError(f"--work_dir {work_dir} already holds checkpoints of another run ({', '.join(existing[:3])}); "
-                        f"resume with --continue_training True --ckpt FILE, pick another --work_dir, "
-                        f"or pass --overwrite True")
+        raise UserError(f"‹work_dir› {work_dir} already holds checkpoints of another run ({', '.join(existing[:3])}); "
+                        f"resume with ‹continue_training› True ‹ckpt› FILE, pick another ‹work_dir›, "
+                        f"or pass ‹overwrite› True")

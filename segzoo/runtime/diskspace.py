@@ -38,6 +38,6 @@ def check_room(folder, state, factor: float = 1.0) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < need:
-        raise UserError(f"--work_dir {folder}: only {mib(free)} free, a checkpoint needs about {mib(need)}; "
-                        f"free some space or pick another --work_dir (no checkpoint was written)")
+        raise UserError(f"‹work_dir› {folder}: only {mib(free)} free, a checkpoint needs about {mib(need)}; "
+                        f"free some space or pick another ‹work_dir› (no checkpoint was written)")
     return need

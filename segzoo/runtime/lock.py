@@ -57,8 +57,8 @@ class WorkDirLock:
                 raise
             who = (f"PID {owner['pid']} on {owner.get('host', '?')}, started {owner.get('started', '?')}"
                    if owner.get("pid") else "a run that is just starting")
-            raise UserError(f"--work_dir {self.path.parent} is in use by another run ({who}); wait for it, "
-                            f"stop it, or pick another --work_dir") from None
+            raise UserError(f"‹work_dir› {self.path.parent} is in use by another run ({who}); wait for it, "
+                            f"stop it, or pick another ‹work_dir›") from None
         return fd
 
     @staticmethod

@@ -20,7 +20,7 @@ def param_groups(model, lr: float, head_lr_mult: float) -> list:
 def build_optimizer(model, args, fused: bool) -> torch.optim.Optimizer:
     """fused=True picks the single-kernel CUDA implementation; otherwise PyTorch's foreach default."""
     if args.optimizer not in OPTIMIZERS:
-        raise UserError(f"--optimizer {args.optimizer!r} is not known; choose one of {', '.join(OPTIMIZERS)}")
+        raise UserError(f"‹optimizer› {args.optimizer!r} is not known; choose one of {', '.join(OPTIMIZERS)}")
     groups = param_groups(model, args.lr, args.head_lr_mult)
     kwargs = {"lr": args.lr, "weight_decay": args.weight_decay}
     if args.optimizer == "sgd":
@@ -43,7 +43,7 @@ def lr_factor(policy: str, it: int, total: int, iters_per_epoch: int, step_epoch
         return 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
     if policy == "step":
         return 0.1 ** ((it // iters_per_epoch) // step_epochs)
-    raise UserError(f"--lr_policy {policy!r} is not known; choose poly, step or cosine")
+    raise UserError(f"‹lr_policy› {policy!r} is not known; choose poly, step or cosine")
 
 
 def build_scheduler(optimizer, args, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
