@@ -61,19 +61,21 @@ def time_settings(model, image: torch.Tensor, s: EvalSettings, device: Device, w
 
 
 def main(argv=None) -> int:
-    p = OneLineParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--model_name", default="pspnet")
-    p.add_argument("--backbone", default="resnet50")
+    p = OneLineParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or sdaa")
+    p.add_argument("--model_name", default="pspnet", help="decode head (--model_name of train.py)")
+    p.add_argument("--backbone", default="resnet50", help="backbone (--backbone of train.py)")
     p.add_argument("--output_stride", type=positive_int, default=8, help="backbone output stride (8, 16 or 32)")
     p.add_argument("--num_classes", type=positive_int, default=19, help="Cityscapes' 19")
     p.add_argument("--size", type=crop_size, default=[1024, 2048], help="image HEIGHT,WIDTH")
     p.add_argument("--eval_crop", type=crop_size, default=[512, 1024], help="slide window HEIGHT,WIDTH")
     p.add_argument("--eval_stride", type=crop_size, default=None, help="slide stride (default 2/3 of the crop)")
-    p.add_argument("--eval_scales", type=positive_float_list, default=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
-    p.add_argument("--eval_flip", type=str2bool, default=True)
-    p.add_argument("--warmup", type=non_negative_int, default=0)
-    p.add_argument("--repeats", type=positive_int, default=1)
+    p.add_argument("--eval_scales", type=positive_float_list, default=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+                   help="test-time scales")
+    p.add_argument("--eval_flip", type=str2bool, default=True, help="test-time horizontal flip as well")
+    p.add_argument("--warmup", type=non_negative_int, default=0, help="untimed passes before each measurement")
+    p.add_argument("--repeats", type=positive_int, default=1, help="timed passes; the best is printed")
     try:
         args = p.parse_args(argv)
         device = Device(args.device)

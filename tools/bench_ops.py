@@ -214,7 +214,8 @@ def default_device() -> str:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cpu, cuda or sdaa (default: cuda if present, else cpu)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="production")
     parser.add_argument("--ops", default="psa,cc", help="comma list of psa, cc")

@@ -169,7 +169,8 @@ def format_summary(summary: Summary, output_dir: Path) -> str:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input_dir", required=True, type=Path, help="folder of label PNGs")
     parser.add_argument("--output_dir", required=True, type=Path,
                         help="folder for the class-id PNGs (not the input folder)")

@@ -18,7 +18,8 @@ from segzoo.runtime.errors import UserError, exit_with  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("data/demo"),
                         help="folder to write (default: data/demo)")
     parser.add_argument("--num_train", type=int, default=48)

@@ -66,7 +66,8 @@ def table(rows: list[tuple[str, str, dict]], size: tuple[int, int], num_classes:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--decoders", default=",".join(DECODERS), help="comma-separated decoders")
     p.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated NAME@OUTPUT_STRIDE")
     p.add_argument("--size", type=crop_size, default=(512, 1024), help="input HEIGHT,WIDTH (default 512,1024)")

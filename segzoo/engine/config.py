@@ -166,7 +166,13 @@ def add_launch_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def train_parser() -> OneLineParser:
-    return add_train_args(OneLineParser(description="Train or evaluate a segmentation model.", allow_abbrev=False))
+    examples = ("examples:\n"
+                "  python train.py --device cpu --dataset demo --backbone resnet18 --crop_size 96 --epoch 20\n"
+                "  torchrun --nproc_per_node 4 train.py --device cuda --config configs/pspnet50_voc2007.yaml "
+                "--dataset_path /data/voc\n"
+                "  python train.py --device cuda --dataset_path /data/voc --test_only True --ckpt best_pspnet_voc.pth")
+    return add_train_args(OneLineParser(description="Train or evaluate a segmentation model.", epilog=examples,
+                                        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False))
 
 
 def launch_parser() -> OneLineParser:

@@ -147,11 +147,15 @@ def run_child(cmd: list, env: dict) -> int:
     return code if code >= 0 else 128 - code
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help with the examples as written and every flag's default."""
+
+
 def main(argv=None, default_model: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
-        parser = OneLineParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        parser = OneLineParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                               allow_abbrev=False, formatter_class=HelpFormatter)
         add_train_args(add_launch_args(parser)).print_help()
         return 0
     try:
