@@ -161,3 +161,13 @@ def expect_user_exit(capsys, argv: list, *needles: str) -> str:
         launch.main(argv)
     captured = capsys.readouterr()
     return assert_one_line_error(Result(exc.value.code, captured.out, captured.err), *needles)
+
+
+def run_main(main, capsys, *argv) -> Result:
+    """A tool's main(argv) in-process: its exit status (also from SystemExit) and captured streams."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return Result(code, captured.out, captured.err)

@@ -10,7 +10,7 @@ import torch
 from segzoo.engine.config import parse_train_args
 from segzoo.engine.setup import model_from_args
 from segzoo.runtime.checkpoint import FORMAT
-from tests.helpers import Result, assert_one_line_error
+from tests.helpers import Result, assert_one_line_error, run_main
 from tools import export
 
 NUM_CLASSES = 3
@@ -34,12 +34,7 @@ def make_checkpoint(path, model_name: str, stored_args: dict | None = None) -> t
 
 
 def run_export(capsys, *argv) -> Result:
-    try:
-        code = export.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return Result(code, captured.out, captured.err)
+    return run_main(export.main, capsys, *argv)
 
 
 def printed_errors(stdout: str) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import REPO, Result, TINY_RUN, assert_one_line_error, run_train
+from tests.helpers import REPO, Result, TINY_RUN, assert_one_line_error, run_main, run_train
 from tests.test_export import NUM_CLASSES, make_checkpoint
 from tools import predict
 
@@ -22,12 +22,7 @@ def checkpoint(tmp_path_factory):
 
 
 def run_predict(capsys, *argv) -> Result:
-    try:
-        code = predict.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return Result(code, captured.out, captured.err)
+    return run_main(predict.main, capsys, *argv)
 
 
 def write_images(folder, sizes):

@@ -29,6 +29,7 @@ from torch import nn  # noqa: E402
 from segzoo.datasets.transforms import normalize  # noqa: E402
 from segzoo.engine.config import OneLineParser  # noqa: E402
 from segzoo.runtime.config_types import positive_int  # noqa: E402
+from segzoo.ops.psamask import resolve_mask_size  # noqa: E402
 from segzoo.runtime.device import Device  # noqa: E402
 from segzoo.runtime.errors import UserError, exit_with  # noqa: E402
 from tools.predict import load_model  # noqa: E402
@@ -81,12 +82,7 @@ def gather_psa_mask(x: torch.Tensor, mode: str = "collect", mask_size=None, impl
     collect: out[n, th*W+tw, h*W+w] = x[n, (th-h+hH)*mW + (tw-w+hW), h, w] inside the mask, else 0;
     distribute is its (HW, HW) transpose."""
     n, channels, height, width = x.shape
-    if mask_size is None:
-        mask_h, mask_w = 2 * height - 1, 2 * width - 1
-    elif isinstance(mask_size, int):
-        mask_h = mask_w = mask_size
-    else:
-        mask_h, mask_w = (int(v) for v in mask_size)
+    mask_h, mask_w = resolve_mask_size(mask_size, height, width)
     rows, cols = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
     # (target, pixel) grids over the flattened H*W map
     t_h, t_w = rows.repeat_interleave(width), cols.repeat(height)

@@ -149,6 +149,16 @@ def psa_mask_portable(x: torch.Tensor, mask_h: int, mask_w: int, collect: bool) 
     return _PSAMaskPortable.apply(x, mask_h, mask_w, collect)
 
 
+def resolve_mask_size(mask_size, height: int, width: int) -> tuple[int, int]:
+    """(mask_h, mask_w) of ``mask_size``: None -> the full (2H-1, 2W-1) window, an int -> square."""
+    if mask_size is None:
+        return 2 * height - 1, 2 * width - 1
+    if isinstance(mask_size, int):
+        return mask_size, mask_size
+    mask_h, mask_w = (int(s) for s in mask_size)
+    return mask_h, mask_w
+
+
 def psa_mask(x: torch.Tensor, mode: str = "collect",
              mask_size: Optional[Union[int, Sequence[int]]] = None, impl: str = "auto") -> torch.Tensor:
     """PSANet's PSA mask (see the module docstring for the exact indexing).
@@ -168,12 +178,7 @@ def psa_mask(x: torch.Tensor, mode: str = "collect",
     if x.dim() != 4:
         raise ValueError(f"psa_mask expects (N, mH*mW, H, W), got shape {tuple(x.shape)}")
     _, channels, height, width = x.shape
-    if mask_size is None:
-        mask_h, mask_w = 2 * height - 1, 2 * width - 1
-    elif isinstance(mask_size, int):
-        mask_h = mask_w = mask_size
-    else:
-        mask_h, mask_w = (int(s) for s in mask_size)
+    mask_h, mask_w = resolve_mask_size(mask_size, height, width)
     if mask_h < 1 or mask_w < 1 or channels != mask_h * mask_w:
         raise ValueError(f"psa_mask: input has {channels} channels but mask {mask_h}x{mask_w} "
                          f"needs {mask_h * mask_w}")
