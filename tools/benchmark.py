@@ -432,12 +432,12 @@ def precision_label(args, device: Device) -> str:
     return {torch.float16: "fp16", torch.bfloat16: "bf16"}[device.amp_dtype(args.amp_dtype)]
 
 
-def base_record(args, device: Device, num_classes: int) -> dict:
+def base_record(args, device: Device, num_classes: int, output_stride: int) -> dict:
     """The fields every line shares: what ran where, then all settings."""
     return {"tool": "benchmark", "time": datetime.datetime.now().isoformat(timespec="seconds"),
             "device": str(device.torch_device), "device_name": device.description,
             "torch": torch.__version__, "model_name": args.model_name, "backbone": args.backbone,
-            "output_stride": args.output_stride or "default", "num_classes": num_classes, "batch_size": args.batch_size,
+            "output_stride": output_stride, "num_classes": num_classes, "batch_size": args.batch_size,
             "crop_size": args.crop_size,
             "precision": precision_label(args, device), "channels_last": args.channels_last,
             "compile": args.compile, "memory_kind": device.memory_label, "steps": args.steps,
@@ -495,7 +495,8 @@ def check_finite(records: list[dict]) -> list[str]:
 def run(args: argparse.Namespace) -> list[dict]:
     """Run the modes of ``args.mode`` in order; one record (a JSON-able dict) per mode."""
     bench = setup(args)
-    base = base_record(args, bench.device, bench.num_classes)
+    trunk = bench.bare.backbone
+    base = base_record(args, bench.device, bench.num_classes, trunk.feature_info[trunk.main_index].reduction)
     records = []
     measurements = {"train": measure_train, "infer": measure_infer, "loader": measure_loader}
     for mode in args.mode.split(","):
