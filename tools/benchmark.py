@@ -363,7 +363,7 @@ def measure_decode_cost(dataset, sample: int, seed: int, repeats: int = 3) -> di
     count = min(sample, len(dataset))
     indices = [round(k * (len(dataset) - 1) / max(1, count - 1)) for k in range(count)]
     previous_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # as DataLoader workers run (segzoo.engine.data._worker_init)
+    cv2.setNumThreads(1)  # as DataLoader workers run (segzoo.engine.data._loader)
     try:
         decode = sum(best_time(lambda: dataset.load(i), repeats) for i in indices)
         total = sum(best_time(lambda: dataset[(i, sample_seed(seed, 0, i))], repeats) for i in indices)

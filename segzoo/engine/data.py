@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+
 from torch.utils.data import DataLoader
 
 from segzoo.runtime import distributed as dist
@@ -16,7 +18,6 @@ from segzoo.runtime.errors import UserError
 from segzoo.datasets import DATASETS
 from segzoo.datasets.collate import size_group_collate
 from segzoo.engine.config import component_options
-from segzoo.engine.evaluate import eval_settings
 from segzoo.datasets.sampler import SeededDistributedSampler, UnpaddedDistributedSampler
 from segzoo.datasets.transforms import build_train_transform, build_val_transform
 from segzoo.datasets.voc import CLASS_NAMES_FILE, find_voc_root
@@ -69,15 +70,15 @@ def build_datasets(args, info, ckpt: dict | None = None):
     return train_set, val_set
 
 
-def _worker_init(_worker_id: int) -> None:
-    # Each worker is one of many processes: OpenCV's own thread pool would oversubscribe the cores.
-    import cv2
-    cv2.setNumThreads(1)
-
-
 def _loader(dataset, sampler, batch_size, args, pin_memory, train: bool) -> DataLoader:
     workers = args.workers
-    extra = {"persistent_workers": True, "worker_init_fn": _worker_init, "prefetch_factor": 4} if workers else {}
+    if workers:
+        # One OpenCV thread per process (the workers are many processes; its own pool would
+        # oversubscribe the cores), set here, before the workers are forked: OpenCV's thread pool
+        # does not survive fork, and setting it inside a worker whose parent had started the pool
+        # (e.g. writing the demo data) deadlocked.
+        cv2.setNumThreads(1)
+    extra = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                       drop_last=train, collate_fn=None if train else size_group_collate, **extra)
 
@@ -85,7 +86,6 @@ def _loader(dataset, sampler, batch_size, args, pin_memory, train: bool) -> Data
 def build_loaders(args, train_set, val_set, info, device):
     """(train_loader or None, val_loader); pinned memory only where there is a device to copy to."""
     pin = device.is_accelerator
-    eval_settings(args)  # bad evaluation flags are refused before training, not at the first validation
     val_sampler = UnpaddedDistributedSampler(len(val_set), info.world_size, info.rank)
     val_loader = _loader(val_set, val_sampler, args.val_batch_size, args, pin, train=False)
     if train_set is None:
