@@ -459,6 +459,19 @@ def test_demo_is_deterministic_and_rewrites_on_new_parameters(tmp_path):
         ["demo_train_0000.jpg", "demo_train_0001.jpg", "demo_val_0000.jpg"]
 
 
+def test_dataset_demo_uses_an_existing_demo_dataset_of_other_parameters(tmp_path):
+    """--dataset demo on a folder that holds a complete smaller demo dataset reads it as it is
+    (the tests' tiny data was once replaced by the default 48/17 set this way)."""
+    make_demo_dataset(tmp_path, num_train=3, num_val=1, size=(24, 32))
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.jpg")}
+    assert ensure_demo_dataset(tmp_path) == tmp_path
+    assert before == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.jpg")}
+    assert len(VOCSegmentation(tmp_path, "train")) == 3
+    (tmp_path / "JPEGImages" / "demo_train_0001.jpg").unlink()  # incomplete: written anew (default size)
+    ensure_demo_dataset(tmp_path)
+    assert len(VOCSegmentation(tmp_path, "train")) == 48
+
+
 def test_demo_rewrites_incomplete_data(tmp_path):
     make_demo_dataset(tmp_path, num_train=2, num_val=1, size=(24, 32))
     (tmp_path / "JPEGImages" / "demo_train_0001.jpg").unlink()

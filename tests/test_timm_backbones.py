@@ -106,7 +106,7 @@ def test_pretrained_file_of_another_backbone_is_one_line(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags,expected", [
-    (("--backbone", "hrnet_w18"), "--output_stride 8"),
+    (("--backbone", "hrnet_w18", "--output_stride", "8"), "--output_stride 8"),
     (("--backbone", "resnext50_64x4d"), "hrnet_w18"),
 ])
 def test_bad_backbone_flags_exit_in_one_line(flags, expected, tiny_dataset, tmp_path):

@@ -224,10 +224,18 @@ def _write_files(root: Path, params: dict) -> None:
 
 
 def ensure_demo_dataset(root: PathLike) -> Path:
-    """The ``--dataset demo`` helper: make sure the default demo dataset exists at
-    ``root`` (writing it once) and return ``root`` as a Path."""
+    """The ``--dataset demo`` helper: make sure a demo dataset exists at ``root`` (writing the
+    default one once) and return ``root`` as a Path. A complete demo dataset of other parameters
+    already there (``tools/make_demo_data.py --num_train 8``) is used as it is, never rewritten:
+    a run must not replace the data another run or a user made."""
+    root = Path(root).expanduser()
+    stamp = _read_stamp(root)
+    if stamp is not None and stamp.get("complete") and stamp.get("version") == _FORMAT_VERSION:
+        wanted = {k: stamp[k] for k in ("version", "num_train", "num_val", "size", "seed") if k in stamp}
+        if _is_complete(root, stamp, wanted):
+            return root
     make_demo_dataset(root)
-    return Path(root).expanduser()
+    return root
 
 
 @DATASETS.register("demo", summary="built-in synthetic VOC-format data, written on first use (default data/demo)",
