@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from segzoo.models import build_model
-from segzoo.models.encnet import class_presence
+from segzoo.models.heads import class_presence
 from segzoo.models.ginet import GraphTransfer
 from segzoo.models.glore import GloReUnit
 from segzoo.runtime.errors import UserError, flag_message

@@ -65,7 +65,3 @@ class ADE20K(SegmentationDataset):
         super().__init__(root, split, image_paths, [str(labels / f"{p.stem}.png") for p in image_paths],
                          ADE20K_CLASSES, distinct_palette(len(ADE20K_CLASSES)), LABEL_TABLE, transform,
                          list_source=images)
-
-    @classmethod
-    def from_config(cls, root, split, num_classes, transform):
-        return cls(root, split, num_classes, transform)

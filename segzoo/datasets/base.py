@@ -153,6 +153,12 @@ class SegmentationDataset(Dataset):
         # Stored values that pass unchanged need no table look-up (VOC, custom data).
         self._needs_lut = not np.array_equal(table.lut[table.allowed], np.flatnonzero(table.allowed))
 
+    @classmethod
+    def from_config(cls, root, split: str, num_classes, transform, **options) -> "SegmentationDataset":
+        """The registry's constructor: the split of the dataset at ``root`` with the options the
+        dataset declared (subclasses take ``(root, split, num_classes, transform, **options)``)."""
+        return cls(root, split, num_classes, transform, **options)
+
     def __len__(self) -> int:
         return len(self._image_paths)
 

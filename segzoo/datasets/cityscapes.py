@@ -81,7 +81,3 @@ class Cityscapes(SegmentationDataset):
         table = LABEL_ID_TABLE if all(id_files) else TRAIN_ID_TABLE
         super().__init__(root, split, [i for i, _ in pairs], labels, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, table,
                          transform, list_source=list_file if list_file.is_file() else root)
-
-    @classmethod
-    def from_config(cls, root, split, num_classes, transform):
-        return cls(root, split, num_classes, transform)

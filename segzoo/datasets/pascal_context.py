@@ -84,7 +84,3 @@ class PascalContext(SegmentationDataset):
         names = CONTEXT_CLASSES if num_classes == 59 else ("background", *CONTEXT_CLASSES)
         super().__init__(root, split, [i for i, _ in pairs], [lbl for _, lbl in pairs], names,
                          distinct_palette(len(names)), TABLES[num_classes], transform, list_source=list_file)
-
-    @classmethod
-    def from_config(cls, root, split, num_classes, transform):
-        return cls(root, split, num_classes, transform)

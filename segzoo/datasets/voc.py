@@ -138,7 +138,3 @@ class VOCSegmentation(SegmentationDataset):
         super().__init__(voc_root, split, [str(image_dir / f"{i}.jpg") for i in self.ids],
                          [str(self.label_dir / f"{i}.png") for i in self.ids], protocol.class_names,
                          VOC_PALETTE, table, transform, list_source=list_file)
-
-    @classmethod
-    def from_config(cls, root, split, num_classes, transform):
-        return cls(root, split, num_classes, transform)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.models import MODELS
-from segzoo.models.heads import ConvBNReLU, DecodeHead, main_input
+from segzoo.models.heads import ConvBNReLU, DecodeHead, main_input, presence_loss
 from segzoo.registry import Option
 from segzoo.runtime.config_types import non_negative_float, positive_int
 
@@ -102,8 +102,7 @@ class EncHead(DecodeHead):
     def extra_losses(self, outputs: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
         if "se" not in outputs:
             return {}
-        presence = class_presence(target, self.num_classes)
-        return {"se": self.se_weight * F.binary_cross_entropy_with_logits(outputs["se"].float(), presence)}
+        return {"se": self.se_weight * presence_loss(outputs["se"], target, self.num_classes)}
 
     def forward(self, features: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         # Overrides DecodeHead.forward: the encoded context feeds a second output.
@@ -112,17 +111,6 @@ class EncHead(DecodeHead):
         if self.se_classifier is not None:
             result["se"] = self.se_classifier(encoded)
         return result
-
-
-def class_presence(target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(N, K) float: 1 where class k occurs in image n (ignored pixels do not count)."""
-    n = target.shape[0]
-    flat = target.reshape(n, -1).long()
-    valid = flat < num_classes
-    # one scatter per batch, no Python loop over images
-    presence = torch.zeros(n, num_classes + 1, device=target.device)
-    presence.scatter_(1, torch.where(valid, flat, num_classes), 1.0)
-    return presence[:, :num_classes]
 
 
 @MODELS.register("encnet", options=[

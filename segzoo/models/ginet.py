@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.models import MODELS
-from segzoo.models.encnet import class_presence
 from segzoo.models.glore import GCN
-from segzoo.models.heads import ConvBNReLU, DecodeHead, main_input
+from segzoo.models.heads import ConvBNReLU, DecodeHead, main_input, presence_loss
 from segzoo.registry import Option
 from segzoo.runtime.config_types import non_negative_float, positive_int
 from segzoo.runtime.errors import UserError
@@ -162,8 +161,7 @@ class GINetHead(DecodeHead):
     def extra_losses(self, outputs: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
         if "sc" not in outputs:
             return {}
-        presence = class_presence(target, self.num_classes)
-        return {"sc": self.sc_weight * F.binary_cross_entropy_with_logits(outputs["sc"].float(), presence)}
+        return {"sc": self.sc_weight * presence_loss(outputs["sc"], target, self.num_classes)}
 
     def forward(self, features: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         x = self.reduce(features[self.in_index])

@@ -95,3 +95,20 @@ class FCNHead(DecodeHead):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+
+def class_presence(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, K) float: 1 where class k occurs in image n (ignored pixels do not count)."""
+    n = target.shape[0]
+    flat = target.reshape(n, -1).long()
+    valid = flat < num_classes
+    # one scatter per batch, no Python loop over images
+    presence = torch.zeros(n, num_classes + 1, device=target.device)
+    presence.scatter_(1, torch.where(valid, flat, num_classes), 1.0)
+    return presence[:, :num_classes]
+
+
+def presence_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Binary cross-entropy of (N, K) image-level class logits against the classes present in the
+    (N, H, W) label: EncNet's semantic-encoding loss and GINet's semantic-context loss."""
+    return F.binary_cross_entropy_with_logits(logits.float(), class_presence(target, num_classes))
