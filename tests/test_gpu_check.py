@@ -26,7 +26,9 @@ BENCH_PARTS = ("pspnet_bf16_eager", "pspnet_e2e", "pspnet_fp16", "pspnet_fp32", 
 
 
 def run_check(out: Path, *flags: str, timeout: float = 900):
-    return run_process(["bash", SCRIPT, out, "--smoke", *flags], timeout)
+    # The script runs $PYTHON (else the python on PATH): here, the interpreter of the tests (CI runs
+    # .venv/bin/python without activating the environment, so PATH's python may have no torch).
+    return run_process(["bash", SCRIPT, out, "--smoke", *flags], timeout, env={"PYTHON": sys.executable})
 
 
 @pytest.mark.slow
