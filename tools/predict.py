@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,7 +26,7 @@ import numpy as np  # noqa: E402
 from segzoo.datasets.classes import IGNORE_INDEX, VOC_PALETTE  # noqa: E402
 from segzoo.datasets.image_io import read_image  # noqa: E402
 from segzoo.engine.config import OneLineParser, train_parser  # noqa: E402
-from segzoo.engine.outputs import colorize, overlay, predict_mask, save_prediction  # noqa: E402
+from segzoo.engine.outputs import Progress, colorize, overlay, predict_mask, save_prediction  # noqa: E402
 from segzoo.engine.setup import model_from_args  # noqa: E402
 from segzoo.models import MODELS  # noqa: E402
 from segzoo.models.backbones import BACKBONES  # noqa: E402
@@ -98,22 +97,6 @@ def open_video(path: Path):
         return None
     capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
     return capture
-
-
-class Progress:
-    """One line rewritten in place: done/total, rate."""
-
-    def __init__(self, total: int | None, what: str):
-        self.total, self.what, self.start, self.done = total, what, time.perf_counter(), 0
-
-    def step(self) -> None:
-        self.done += 1
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        of = f"/{self.total}" if self.total else ""
-        print(f"\r{self.what}: {self.done}{of} ({rate:.1f}/s)", end="", flush=True)
-
-    def finish(self, where: Path) -> None:
-        print(f"\n{self.done} {self.what} -> {where}", flush=True)
 
 
 def predict_images(model, paths: list, out: Path, device: Device, palette, infer: dict) -> None:

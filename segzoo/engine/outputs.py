@@ -10,6 +10,7 @@ overlays) are shared with tools/predict.py, so a run and the tool write the same
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import cv2
@@ -106,17 +107,34 @@ def dataset_name(dataset, index: int) -> str:
     return Path(dataset.image_path(index)).stem
 
 
+class Progress:
+    """One line rewritten in place: done/total, rate."""
+
+    def __init__(self, total: int | None, what: str):
+        self.total, self.what, self.start, self.done = total, what, time.perf_counter(), 0
+
+    def step(self) -> None:
+        self.done += 1
+        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        print(f"\r{self.what}: {self.done}{of} ({rate:.1f}/s)", end="", flush=True)
+
+    def finish(self, where: Path) -> None:
+        print(f"\n{self.done} {self.what} -> {where}", flush=True)
+
+
 def save_dataset_predictions(model, dataset, torch_device, out_dir: Path, mode: str = "whole", crop=None,
-                             stride=None, progress=print) -> int:
+                             stride=None) -> int:
     """Masks and overlays of every image of a SegmentationDataset (whole images, untransformed),
     with the dataset's palette; returns the number written."""
     model.eval()
+    progress = Progress(len(dataset), "predictions")
     for i in range(len(dataset)):
         image, _ = dataset.load(i)
         save_prediction(out_dir, dataset_name(dataset, i), image,
                         predict_mask(model, image, torch_device, mode, crop, stride), dataset.palette)
-        progress(f"\rpredictions: {i + 1}/{len(dataset)}", end="", flush=True)
-    progress("", flush=True)
+        progress.step()
+    progress.finish(out_dir)
     return len(dataset)
 
 
@@ -157,8 +175,7 @@ class RunOutputs:
         if not self.args.save_predictions or not self.info.is_main:
             return
         from segzoo.runtime.checkpoint import unwrap
-        count = save_dataset_predictions(unwrap(model), val_set, device.torch_device, Path(self.args.save_predictions))
-        print(f"predictions of {count} validation images -> {self.args.save_predictions}", flush=True)
+        save_dataset_predictions(unwrap(model), val_set, device.torch_device, Path(self.args.save_predictions))
 
 
 class DashboardLogger:
