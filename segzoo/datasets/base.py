@@ -154,6 +154,12 @@ class SegmentationDataset(Dataset):
         self._needs_lut = not np.array_equal(table.lut[table.allowed], np.flatnonzero(table.allowed))
 
     @classmethod
+    def default_num_classes(cls, root, ckpt_classes: int | None) -> int | None:
+        """--num_classes when none is given: the checkpoint's (test/resume), else None, which picks
+        the dataset's default protocol."""
+        return ckpt_classes
+
+    @classmethod
     def from_config(cls, root, split: str, num_classes, transform, **options) -> "SegmentationDataset":
         """The registry's constructor: the split of the dataset at ``root`` with the options the
         dataset declared (subclasses take ``(root, split, num_classes, transform, **options)``)."""

@@ -33,6 +33,8 @@ LABEL_DIRS = ("SegmentationClassGray", "SegmentationClass")
 IMAGE_DIR = "JPEGImages"
 SPLIT_DIR = Path("ImageSets") / "Segmentation"
 CLASS_NAMES_FILE = "class_names.txt"
+#: The original launcher's default class count for VOC data without class_names.txt.
+ORIGINAL_DEFAULT_CLASSES = 20
 
 
 def find_voc_root(root: PathLike) -> Path:
@@ -119,6 +121,17 @@ class VOCSegmentation(SegmentationDataset):
     Missing files are reported at construction; unreadable or inconsistent files when
     loaded, always as a UserError naming the file.
     """
+
+    @classmethod
+    def default_num_classes(cls, root, ckpt_classes: Optional[int]) -> Optional[int]:
+        """class_names.txt's length (None lets the dataset infer it), else the checkpoint's
+        (test/resume: picks the 20 or 21 class protocol), else the original's 20-class protocol.
+        class_names.txt comes first because it is authoritative: a checkpoint of another class
+        count is then refused by check_compatible, naming --ckpt, instead of the dataset blaming a
+        --num_classes the user never passed."""
+        if (find_voc_root(root) / CLASS_NAMES_FILE).is_file():
+            return None
+        return ckpt_classes if ckpt_classes is not None else ORIGINAL_DEFAULT_CLASSES
 
     def __init__(self, root: PathLike, split: str, num_classes: Optional[int] = None, transform=None):
         voc_root = find_voc_root(root)

@@ -20,29 +20,6 @@ from segzoo.datasets.collate import size_group_collate
 from segzoo.engine.config import component_options
 from segzoo.datasets.sampler import SeededDistributedSampler, UnpaddedDistributedSampler
 from segzoo.datasets.transforms import build_train_transform, build_val_transform
-from segzoo.datasets.voc import CLASS_NAMES_FILE, find_voc_root
-
-# The original launcher's default class count for VOC data without class_names.txt.
-ORIGINAL_DEFAULT_CLASSES = 20
-
-
-def default_num_classes(args, root: Path, ckpt: dict | None) -> int | None:
-    """--num_classes when not given. VOC layout: class_names.txt's length (None lets the dataset
-    infer it), else the checkpoint's (test/resume: picks the 20 or 21 class VOC protocol), else
-    the original's 20-class protocol. class_names.txt comes first because it is authoritative: a
-    checkpoint of another class count is then refused by check_compatible, naming --ckpt,
-    instead of the dataset blaming a --num_classes the user never passed. Other datasets: the
-    checkpoint's, else the dataset's default protocol."""
-    if args.dataset in ("voc", "demo"):
-        if (find_voc_root(root) / CLASS_NAMES_FILE).is_file():
-            return None
-        if ckpt is not None and ckpt.get("num_classes"):
-            return int(ckpt["num_classes"])
-        return ORIGINAL_DEFAULT_CLASSES
-    if ckpt is not None and ckpt.get("num_classes"):
-        return int(ckpt["num_classes"])
-    return None
-
 
 def build_dataset(args, split: str, num_classes: int | None, transform):
     """One split of the dataset ``--dataset`` names, with the options it declares."""
@@ -59,7 +36,9 @@ def build_datasets(args, info, ckpt: dict | None = None):
         if info.is_main:
             prepare(root)
         dist.barrier()
-    num_classes = args.num_classes if args.num_classes is not None else default_num_classes(args, root, ckpt)
+    ckpt_classes = int(ckpt["num_classes"]) if ckpt is not None and ckpt.get("num_classes") else None
+    num_classes = (args.num_classes if args.num_classes is not None
+                   else DATASETS.get(args.dataset).obj.default_num_classes(root, ckpt_classes))
     val_crop = args.crop_size if args.crop_val else None
     val_set = build_dataset(args, "val", num_classes, build_val_transform(val_crop))
     if args.test_only:
